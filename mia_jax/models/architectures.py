@@ -1,0 +1,176 @@
+"""Architectures: logistic regression, MLP, small CNN, ResNet-style CNN.
+
+Each builder returns a :class:`~mia_jax.models.base.LayeredModel` whose stage names are
+the layers the white-box attack can tap.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mia_jax._validation import MiaInputError, check_positive_int
+from mia_jax.models.base import LayeredModel
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid, "gelu": nn.gelu,
+    "elu": nn.elu, "softplus": nn.softplus,
+}
+
+
+def _activation(name: str) -> Callable:
+  if name not in ACTIVATIONS:
+    raise MiaInputError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}")
+  return ACTIVATIONS[name]
+
+
+class Flatten(nn.Module):
+  """Flattens per-example features (keeps the batch axis)."""
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    return h.reshape((h.shape[0], -1))
+
+
+class Dense(nn.Module):
+  """Flatten (if needed) -> Dense -> activation (None: linear) -> dropout."""
+  features: int
+  activation: str | None = None
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    h = h.reshape((h.shape[0], -1))
+    h = nn.Dense(self.features)(h)
+    if self.activation is not None:
+      h = _activation(self.activation)(h)
+    if self.dropout > 0:
+      h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return h
+
+
+class ConvStage(nn.Module):
+  """Conv(3x3, SAME) -> activation -> optional 2x2 max-pool."""
+  features: int
+  activation: str = "relu"
+  pool: bool = False
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    h = nn.Conv(self.features, (3, 3), padding="SAME")(h)
+    h = _activation(self.activation)(h)
+    if self.pool:
+      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+    return h
+
+
+class ResStem(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    h = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(h)
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    return nn.relu(h)
+
+
+class ResBlock(nn.Module):
+  """Basic residual block (two 3x3 convs with BatchNorm), optional stride-2 downsample."""
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+    r = nn.Conv(self.features, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(h)
+    r = nn.relu(bn()(r))
+    r = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(r)
+    r = bn()(r)
+    if self.stride != 1 or h.shape[-1] != self.features:
+      h = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(h)
+      h = bn()(h)
+    return nn.relu(h + r)
+
+
+class GlobalAvgPool(nn.Module):
+  @nn.compact
+  def __call__(self, h, train: bool = False):
+    return jnp.mean(h, axis=(1, 2))
+
+
+def logistic(*, input_shape: Sequence[int], num_classes: int) -> LayeredModel:
+  """Multinomial logistic regression: the single stage is the linear logits layer."""
+  return LayeredModel(
+      name="logistic", stages=(("logits", Dense(num_classes)),),
+      input_shape=tuple(input_shape), num_classes=num_classes,
+      spec=dict(name="logistic"))
+
+
+def mlp(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (256, 256),
+        activation: str = "relu", dropout: float = 0.0) -> LayeredModel:
+  """MLP; hidden layers are named ``dense_0``, ``dense_1``, ... (post-activation)."""
+  _activation(activation)
+  widths = tuple(check_positive_int(w, "widths") for w in widths)
+  stages = tuple((f"dense_{i}", Dense(w, activation, dropout)) for i, w in enumerate(widths))
+  stages += (("logits", Dense(num_classes)),)
+  return LayeredModel(
+      name="mlp", stages=stages, input_shape=tuple(input_shape), num_classes=num_classes,
+      spec=dict(name="mlp", widths=list(widths), activation=activation, dropout=dropout))
+
+
+def small_cnn(*, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64),
+              hidden: int = 128, activation: str = "relu", dropout: float = 0.0) -> LayeredModel:
+  """conv32 - conv64 - maxpool - fc128 - logits (for 28x28 or 62x47 grayscale).
+
+  Layers: ``conv_0``, ``conv_1`` (pooled), ``fc``, ``logits``.
+  """
+  if len(input_shape) != 3:
+    raise MiaInputError(
+        f"input_shape: small_cnn expects images [H, W, C], got {tuple(input_shape)}")
+  chans = tuple(check_positive_int(c, "channels") for c in channels)
+  stages = tuple(
+      (f"conv_{i}", ConvStage(c, activation, pool=(i == len(chans) - 1)))
+      for i, c in enumerate(chans))
+  stages += (("fc", Dense(hidden, activation, dropout)), ("logits", Dense(num_classes)))
+  return LayeredModel(
+      name="small_cnn", stages=stages, input_shape=tuple(input_shape),
+      num_classes=num_classes,
+      spec=dict(name="small_cnn", channels=list(chans), hidden=hidden,
+                activation=activation, dropout=dropout))
+
+
+def resnet(*, input_shape: Sequence[int], num_classes: int,
+           widths: Sequence[int] = (16, 32, 64)) -> LayeredModel:
+  """ResNet-style CNN for 32x32x3: stem, one residual block per width (stride 2 after
+  the first), global average pool, logits. Uses BatchNorm (eval mode at inference).
+
+  Layers: ``stem``, ``block_0``, ``block_1``, ..., ``pool``, ``logits``.
+  """
+  if len(input_shape) != 3:
+    raise MiaInputError(f"input_shape: resnet expects images [H, W, C], got {tuple(input_shape)}")
+  widths = tuple(check_positive_int(w, "widths") for w in widths)
+  stages = (("stem", ResStem(widths[0])),)
+  stages += tuple(
+      (f"block_{i}", ResBlock(w, stride=1 if i == 0 else 2)) for i, w in enumerate(widths))
+  stages += (("pool", GlobalAvgPool()), ("logits", Dense(num_classes)))
+  return LayeredModel(
+      name="resnet", stages=stages, input_shape=tuple(input_shape), num_classes=num_classes,
+      spec=dict(name="resnet", widths=list(widths)))
+
+
+MODELS: dict[str, Callable[..., LayeredModel]] = {
+    "logistic": logistic, "mlp": mlp, "small_cnn": small_cnn, "resnet": resnet,
+}
+
+
+def make_model(name: str, *, input_shape: Sequence[int], num_classes: int, **options) -> LayeredModel:
+  """Builds a model by name (``logistic``, ``mlp``, ``small_cnn``, ``resnet``)."""
+  if name not in MODELS:
+    raise MiaInputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
+  check_positive_int(num_classes, "num_classes", minimum=2)
+  try:
+    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
+  except TypeError as e:
+    raise MiaInputError(f"model options for {name!r}: {e}") from e

@@ -1,0 +1,135 @@
+"""Black-box signals: what a model's outputs reveal about each example.
+
+All functions are per example on the last axis and broadcast over leading axes
+(models, examples). :func:`blackbox_signals` computes every signal for one model or a
+stack of M models in one compiled, microbatched pass.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mia_jax._batching import microbatched
+from mia_jax._validation import MiaInputError
+from mia_jax.models.base import LayeredModel, Variables, num_stacked
+
+SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correct")
+
+
+def _take(a: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(a, y[..., None], axis=-1)[..., 0]
+
+
+def loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """Cross-entropy -log p_y, float[...]."""
+  return -_take(jax.nn.log_softmax(logits), y)
+
+
+def confidence(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """True-class probability p_y."""
+  return _take(jax.nn.softmax(logits), y)
+
+
+def scaled_logit(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """LiRA's score log p_y - log sum_{y' != y} p_y' = z_y - logsumexp_{y' != y} z_y'.
+
+  Computed from the logits directly, so it stays finite when p_y rounds to 1.
+  """
+  z_y = _take(logits, y)
+  mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
+  others = jnp.where(mask, -jnp.inf, logits)
+  return z_y - jax.nn.logsumexp(others, axis=-1)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """Prediction entropy -sum_k p_k log p_k (nats)."""
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def modified_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """Song & Mittal (2021): -(1 - p_y) log p_y - sum_{y' != y} p_y' log(1 - p_y')."""
+  logp = jax.nn.log_softmax(logits)
+  p = jnp.exp(logp)
+  mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
+  p_y, logp_y = _take(p, y), _take(logp, y)
+  # log(1 - p) for the wrong classes; log1p is accurate for small p.
+  log1m = jnp.log1p(-jnp.minimum(p, 1.0 - 1e-7))
+  wrong = jnp.sum(jnp.where(mask, 0.0, p * log1m), axis=-1)
+  return -(1.0 - p_y) * logp_y - wrong
+
+
+def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """1.0 where argmax equals the label."""
+  return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+
+
+def signals_from_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+  """Every black-box signal from logits float[..., K] and labels int[...]."""
+  return {
+      "loss": loss(logits, y), "confidence": confidence(logits, y),
+      "scaled_logit": scaled_logit(logits, y), "entropy": entropy(logits),
+      "modified_entropy": modified_entropy(logits, y), "correct": correct(logits, y),
+  }
+
+
+def check_stacked(variables: Variables, stacked: bool, name: str = "variables") -> int | None:
+  """Number of stacked models (None if not stacked); validates the leading axis."""
+  if not stacked:
+    return None
+  m = num_stacked(variables)
+  for leaf in jax.tree.leaves(variables):
+    if jnp.shape(leaf)[:1] != (m,):
+      raise MiaInputError(f"{name}: stacked=True but leaves have different leading axes")
+  return m
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_logits(model: LayeredModel, microbatch_size: int, stacked: bool):
+  def one_model(variables, x):
+    return microbatched(lambda xb: model.apply(variables, xb), microbatch_size)(x)
+  fn = jax.vmap(one_model, in_axes=(0, None)) if stacked else one_model
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_signals(model: LayeredModel, microbatch_size: int, stacked: bool):
+  def one_model(variables, x, y):
+    def batch(xb, yb):
+      logits = model.apply(variables, xb)
+      return {"logits": logits, **signals_from_logits(logits, yb)}
+    return microbatched(batch, microbatch_size)(x, y)
+  fn = jax.vmap(one_model, in_axes=(0, None, None)) if stacked else one_model
+  return jax.jit(fn)
+
+
+def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_size: int = 1024,
+                   stacked: bool = False) -> np.ndarray:
+  """Logits float[N, K], or float[M, N, K] for M stacked models."""
+  x, _ = model.check_inputs(x)
+  check_stacked(variables, stacked)
+  return np.asarray(_compiled_logits(model, int(microbatch_size), stacked)(variables, x))
+
+
+def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
+                     microbatch_size: int = 1024, stacked: bool = False) -> dict[str, np.ndarray]:
+  """All black-box signals of one model (or M stacked models) on (x, y).
+
+  Args:
+    model: the architecture.
+    variables: one model's variables, or M models' stacked on axis 0 (``stacked=True``).
+    x: float[N, *input_shape]; y: int[N].
+    microbatch_size: examples per compiled chunk (memory bound).
+    stacked: whether ``variables`` holds M models.
+
+  Returns:
+    {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays.
+  """
+  x, y = model.check_inputs(x, y)
+  check_stacked(variables, stacked)
+  out = _compiled_signals(model, int(microbatch_size), stacked)(variables, x, y)
+  return {k: np.asarray(v) for k, v in out.items()}

@@ -1,0 +1,324 @@
+"""Training with optax: one model, or M models at once with params stacked on axis 0.
+
+Both paths share one per-model epoch function (a ``lax.scan`` over steps); the stacked
+path ``vmap``s it over the model axis. Each model sees only its own examples (a row of
+``keep``) in its own shuffled order, drawn on the host with
+``np.random.default_rng(seed)``. Batches are index arrays into the training set, which
+stays on the device; a batch of a model that has fewer examples than the largest model
+is padded with zero-weight examples, and a step with no real example leaves that model's
+state unchanged, so training M models stacked equals training each alone.
+
+Seeds: model ``m`` of a stack trained with ``seed=s`` uses seed ``(s, m)``;
+``train_model(..., seed=(s, m))`` reproduces it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
+                                 check_labels, check_positive_int)
+from mia_jax.models.base import LayeredModel, Variables
+
+Seed = int | Sequence[int]
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Training recipe (no early stopping: MI research studies overfit models).
+
+  Attributes:
+    optimizer: "sgd", "momentum" or "adam".
+    learning_rate: step size.
+    momentum: momentum for "momentum" (and beta1 for "adam" is optax's default).
+    weight_decay: L2 penalty coefficient lambda: adds lambda * ||params||^2 / 2 to the
+      loss (the L2 regularization defense of Shokri et al.).
+    epochs: passes over each model's training examples.
+    batch_size: examples per step.
+  """
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  epochs: int = 20
+  batch_size: int = 128
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise MiaInputError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+    check_in_range(self.learning_rate, "learning_rate", 0, np.inf, low_open=True)
+    check_in_range(self.momentum, "momentum", 0, 1, high_open=True)
+    check_in_range(self.weight_decay, "weight_decay", 0, np.inf)
+    check_positive_int(self.epochs, "epochs")
+    check_positive_int(self.batch_size, "batch_size")
+
+  def optimizer_fn(self) -> optax.GradientTransformation:
+    if self.optimizer == "sgd":
+      return optax.sgd(self.learning_rate)
+    if self.optimizer == "momentum":
+      return optax.sgd(self.learning_rate, momentum=self.momentum)
+    return optax.adam(self.learning_rate)
+
+
+def jax_key(seed: Seed) -> jax.Array:
+  """Typed PRNG key from an int or a tuple of ints (folded in order)."""
+  parts = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+  key = jax.random.key(int(parts[0]))
+  for p in parts[1:]:
+    key = jax.random.fold_in(key, int(p))
+  return key
+
+
+def _np_seed(seed: Seed):
+  return int(seed) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
+
+
+class _Schedule(NamedTuple):
+  idx: np.ndarray     # int32[T, B] indices into the training set
+  weight: np.ndarray  # float32[T, B] 1 for real examples, 0 for padding
+
+
+def _epoch_schedule(rng: np.random.Generator, indices: np.ndarray, batch_size: int,
+                    num_steps: int) -> _Schedule:
+  """One shuffled epoch over ``indices`` cut into ``num_steps`` padded batches."""
+  perm = rng.permutation(indices)
+  total = num_steps * batch_size
+  idx = np.zeros(total, np.int32)
+  w = np.zeros(total, np.float32)
+  idx[:perm.size] = perm
+  w[:perm.size] = 1.0
+  return _Schedule(idx.reshape(num_steps, batch_size), w.reshape(num_steps, batch_size))
+
+
+def _steps(n: int, batch_size: int) -> int:
+  return -(-n // batch_size)
+
+
+def _make_epoch_fn(model: LayeredModel, config: TrainConfig) -> Callable:
+  """Per-model epoch: (state, x, y, idx[T,B], w[T,B], key) -> (state, mean loss)."""
+  tx = config.optimizer_fn()
+
+  def loss_fn(params, other, xb, yb, wb, key):
+    logits, new_other = model.apply_train({"params": params, **other}, xb, key)
+    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    loss = jnp.sum(per_ex * wb) / jnp.maximum(jnp.sum(wb), 1.0)
+    if config.weight_decay > 0:
+      l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+      loss = loss + 0.5 * config.weight_decay * l2
+    return loss, new_other
+
+  def epoch(params, other, opt_state, key, x_all, y_all, idx, w):
+    def step(carry, batch):
+      params, other, opt_state = carry
+      idx_b, wb, t = batch
+      (loss, new_other), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, other, x_all[idx_b], y_all[idx_b], wb, jax.random.fold_in(key, t))
+      updates, new_opt = tx.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      # A step with no real example (padding for a model with fewer examples) is a no-op.
+      has_data = jnp.sum(wb) > 0
+      new = (new_params, {**other, **new_other}, new_opt)
+      carry = jax.tree.map(lambda a, b: jnp.where(has_data, a, b), new, carry)
+      return carry, (loss, jnp.sum(wb))
+
+    t = jnp.arange(idx.shape[0])
+    (params, other, opt_state), (losses, counts) = jax.lax.scan(
+        step, (params, other, opt_state), (idx, w, t))
+    mean_loss = jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1.0)
+    return params, other, opt_state, mean_loss
+
+  return epoch, tx
+
+
+class TrainResult(NamedTuple):
+  variables: Variables
+  losses: np.ndarray  # float[epochs] (or [M, epochs] for stacked) mean training loss
+
+
+def _progress(progress, total: int, description: str):
+  """Returns (advance, close) callables for an optional rich progress bar."""
+  if progress is None:
+    return (lambda: None), (lambda: None)
+  task = progress.add_task(description, total=total)
+  return (lambda: progress.advance(task)), (lambda: progress.remove_task(task))
+
+
+def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
+                seed: Seed = 0, indices=None, init_variables: Variables | None = None,
+                progress=None, description: str = "training") -> TrainResult:
+  """Trains one model.
+
+  Args:
+    model: the architecture.
+    x: float[N, *model.input_shape] training inputs (all candidates).
+    y: int[N] labels.
+    config: the recipe.
+    seed: int or tuple of ints; fixes initialization, shuffling and dropout.
+    indices: optional int[n] subset of rows of x to train on (default: all).
+    init_variables: start from these instead of a fresh initialization.
+    progress: optional ``rich.progress.Progress`` to show one bar (epochs).
+    description: label of the progress bar.
+
+  Returns:
+    TrainResult(variables, losses[epochs]).
+  """
+  x, y = model.check_inputs(x, y)
+  if indices is None:
+    indices = np.arange(x.shape[0])
+  indices = np.asarray(indices, np.int64)
+  if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= x.shape[0]:
+    raise MiaInputError(f"indices: expected a non-empty 1-D array of rows of x (N={x.shape[0]})")
+  keep = np.zeros((1, x.shape[0]), bool)
+  keep[0, indices] = True
+  res = _train(model, x, y, keep, config, [_np_seed(seed)], init_variables, progress,
+               description, stacked=False)
+  return res
+
+
+def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
+                 seed: int = 0, init_variables: Variables | None = None, progress=None,
+                 description: str = "training models") -> TrainResult:
+  """Trains M models at once, model m on the rows where ``keep[m]`` is True.
+
+  Args:
+    model: the architecture (shared by all M models).
+    x: float[N, *input_shape]; y: int[N].
+    keep: bool[M, N] membership matrix.
+    config: the recipe.
+    seed: base seed; model m uses ``(seed, m)``.
+    init_variables: optional stacked variables (leading axis M) to start from.
+    progress: optional ``rich.progress.Progress``.
+
+  Returns:
+    TrainResult with stacked variables (every leaf has leading axis M) and losses[M, epochs].
+  """
+  x, y = model.check_inputs(x, y)
+  keep = as_array(keep, "keep")
+  if keep.ndim != 2 or keep.shape[1] != x.shape[0]:
+    raise MiaInputError(f"keep: expected bool[M, {x.shape[0]}] to match x, got shape {keep.shape}")
+  if keep.dtype != bool:
+    raise MiaInputError(f"keep: expected a boolean matrix, got dtype={keep.dtype}")
+  empty = np.where(keep.sum(1) == 0)[0]
+  if empty.size:
+    raise MiaInputError(f"keep: model(s) {empty[:5].tolist()} have no training examples")
+  seeds = [(int(seed), m) for m in range(keep.shape[0])]
+  return _train(model, x, y, keep, config, seeds, init_variables, progress, description,
+                stacked=True)
+
+
+def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked):
+  m_count = keep.shape[0]
+  epoch_fn, tx = _make_epoch_fn(model, config)
+  keys = [jax_key(s) for s in seeds]
+  if init_variables is None:
+    inits = [model.init(jax.random.fold_in(k, 0)) for k in keys]
+    variables = jax.tree.map(lambda *a: jnp.stack(a), *inits) if stacked else inits[0]
+  else:
+    variables = init_variables
+  params = variables["params"]
+  other = {c: t for c, t in variables.items() if c != "params"}
+  if stacked:
+    opt_state = jax.vmap(tx.init)(params)
+    run = jax.jit(jax.vmap(epoch_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0)))
+  else:
+    opt_state = tx.init(params)
+    run = jax.jit(epoch_fn)
+  rngs = [np.random.default_rng(s) for s in seeds]
+  members = [np.flatnonzero(keep[m]) for m in range(m_count)]
+  num_steps = max(_steps(len(idx), config.batch_size) for idx in members)
+  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+  losses = np.zeros((m_count, config.epochs), np.float32)
+  advance, close = _progress(progress, config.epochs, description)
+  for e in range(config.epochs):
+    sched = [_epoch_schedule(r, idx, config.batch_size, num_steps) for r, idx in zip(rngs, members)]
+    epoch_keys = [jax.random.fold_in(k, e + 1) for k in keys]
+    if stacked:
+      idx = jnp.asarray(np.stack([s.idx for s in sched]))
+      w = jnp.asarray(np.stack([s.weight for s in sched]))
+      ekey = jnp.stack(epoch_keys)
+    else:
+      idx, w, ekey = jnp.asarray(sched[0].idx), jnp.asarray(sched[0].weight), epoch_keys[0]
+    params, other, opt_state, loss = run(params, other, opt_state, ekey, x_dev, y_dev, idx, w)
+    losses[:, e] = np.asarray(loss).reshape(-1)
+    advance()
+  close()
+  variables = {"params": params, **other}
+  return TrainResult(variables, losses if stacked else losses[0])
+
+
+def accuracy(model: LayeredModel, variables: Variables, x, y, *, microbatch_size: int = 1024) -> float:
+  """Top-1 accuracy of one model (eval mode)."""
+  from mia_jax.signals import predict_logits  # local: signals imports models only.
+  logits = predict_logits(model, variables, x, microbatch_size=microbatch_size)
+  return float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(y)))
+
+
+# -- checkpoints (orbax) -----------------------------------------------------------------
+
+def save_variables(path: str | os.PathLike, variables: Variables, *, metadata: dict | None = None,
+                   overwrite: bool = False) -> None:
+  """Saves a variables pytree (single or stacked) with orbax, plus ``metadata.json``.
+
+  The checkpoint is written into a temporary sibling directory and renamed into place,
+  so an interrupted save never leaves a half-written checkpoint at ``path``.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path):
+    if not overwrite:
+      raise MiaInputError(f"path: {path} already exists (pass overwrite=True to replace it)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
+  try:
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(os.path.join(tmp, "state"), jax.tree.map(np.asarray, variables))
+    ckpt.wait_until_finished()
+    with open(os.path.join(tmp, "metadata.json"), "w") as f:
+      json.dump(metadata or {}, f, indent=2, sort_keys=True)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load_variables(path: str | os.PathLike, *, like: Variables | None = None) -> tuple[Variables, dict]:
+  """Loads (variables, metadata) saved by :func:`save_variables`.
+
+  Args:
+    path: checkpoint directory.
+    like: optional pytree with the expected structure/shapes; a mismatch is an error.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  state = os.path.join(path, "state")
+  if not os.path.isdir(state):
+    raise MiaInputError(f"path: {path} is not a mia-jax checkpoint (no 'state' directory)")
+  ckpt = ocp.StandardCheckpointer()
+  try:
+    if like is not None:
+      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
+      variables = ckpt.restore(state, abstract)
+    else:
+      variables = ckpt.restore(state)
+  except (ValueError, KeyError) as e:
+    raise MiaInputError(f"path: checkpoint {path} does not match the expected structure: {e}") from e
+  meta_path = os.path.join(path, "metadata.json")
+  metadata = {}
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      metadata = json.load(f)
+  return variables, metadata
