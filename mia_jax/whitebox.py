@@ -1,0 +1,248 @@
+"""White-box signals: layer features and Jacobian rows of the true-class logit.
+
+For a layer l the model splits as ``f = g_l o h_l``. Linearizing ``g_l`` around
+``h_l(x)`` gives the row ``d z_y / d h_l``: at ``h_l(x)`` itself ("point"), or averaged
+along the path ``t * h_l(x)``, ``t = 1/R, 2/R, ..., 1`` ("path-integrated", the internal
+influence of Leino & Fredrikson). Rows are per example because examples do not interact in
+eval mode, so one backward pass of the summed true-class logits gives the rows of a whole
+microbatch, and -- for point rows -- of every tapped layer at once (the forward pass adds
+a zero perturbation at each tapped layer and differentiates with respect to all of them).
+
+``centered=True`` differentiates ``z_y - mean_k z_k`` instead of ``z_y``. The softmax is
+unchanged when the same vector is added to every class's weights, so only the centered
+row is identified by the model's predictions; it removes that arbitrary component from the
+target-minus-proxy difference (see docs/attacks.md).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mia_jax._batching import microbatched
+from mia_jax._validation import MiaInputError, check_positive_int
+from mia_jax.models.base import LayeredModel, Variables
+
+
+def _cotangent(num_classes: int, y: jax.Array, centered: bool) -> jax.Array:
+  cot = jax.nn.one_hot(y, num_classes)
+  return cot - 1.0 / num_classes if centered else cot
+
+
+def point_rows(model: LayeredModel, variables: Variables, x: jax.Array, y: jax.Array,
+               layers: Sequence[str], *, centered: bool = False) -> dict[str, jax.Array]:
+  """Jacobian rows at ``h_l(x)`` for every layer in ``layers``, one backward pass.
+
+  Args:
+    x: float[B, *input_shape]; y: int[B].
+  Returns:
+    {layer: float[B, *layer_shape]}.
+  """
+  feats = jax.eval_shape(lambda xx: model.features(variables, xx), x)
+  zeros = {l: jnp.zeros(feats[l].shape, feats[l].dtype) for l in layers}
+  cot = _cotangent(model.num_classes, y, centered)
+
+  def objective(perts):
+    return jnp.sum(model.apply_perturbed(variables, x, perts) * cot)
+
+  return jax.grad(objective)(zeros)
+
+
+def upper_rows(model: LayeredModel, variables: Variables, h: jax.Array, y: jax.Array,
+               layer: str, *, path_steps: int = 0, centered: bool = False) -> jax.Array:
+  """Jacobian rows of ``g_layer`` (the stages above ``layer``) with respect to its input.
+
+  ``variables`` needs only the stages above ``layer`` (a proxy's upper part suffices).
+
+  Args:
+    h: float[B, *layer_shape], the representation to linearize around.
+    y: int[B].
+    path_steps: 0 for the point row at ``h``; R >= 1 for the average of the rows at
+      ``t * h`` for t = 1/R, ..., 1 (computed with a scan: memory does not grow with R).
+  Returns:
+    float[B, *layer_shape].
+  """
+  cot = _cotangent(model.num_classes, y, centered)
+  grad = jax.grad(lambda hh: jnp.sum(model.g(variables, hh, layer) * cot))
+  if path_steps == 0:
+    return grad(h)
+  ts = jnp.arange(1, path_steps + 1, dtype=h.dtype) / path_steps
+
+  def step(acc, t):
+    return acc + grad(t * h), None
+
+  total, _ = jax.lax.scan(step, jnp.zeros_like(h), ts)
+  return total / path_steps
+
+
+def linear_scores(h: jax.Array, y: jax.Array, row_target: jax.Array, row_proxy: jax.Array,
+                  class_means: jax.Array) -> jax.Array:
+  """The linear membership score sum_j (h_j - m_{y,j}) (w^_j - w*_j) per example.
+
+  Args:
+    h: float[B, *shape] features; y: int[B].
+    row_target, row_proxy: float[B, *shape] effective weights (Jacobian rows).
+    class_means: float[K, *shape] class means of the features on auxiliary data.
+  Returns:
+    float[B].
+  """
+  diff = (h - class_means[y]) * (row_target - row_proxy)
+  return jnp.sum(diff.reshape(diff.shape[0], -1), axis=-1)
+
+
+def _check_layers(model: LayeredModel, layers) -> tuple[str, ...]:
+  layers = model.check_layers(layers)
+  if not layers:
+    raise MiaInputError("layers: expected at least one layer name")
+  if model.stage_names[-1] in layers:
+    raise MiaInputError(
+        f"layers: {model.stage_names[-1]!r} is the output; choose among "
+        f"{list(model.layer_names[:-1])}")
+  return layers
+
+
+def default_layers(model: LayeredModel) -> tuple[str, ...]:
+  """Every tap point below the logits, "input" included."""
+  return model.layer_names[:-1]
+
+
+def _rows_fn(model, layers, path_steps, centered):
+  def fn(variables, x, y):
+    if path_steps == 0:
+      return point_rows(model, variables, x, y, layers, centered=centered)
+    feats = model.features(variables, x)
+    return {l: upper_rows(model, variables, feats[l], y, l, path_steps=path_steps,
+                          centered=centered) for l in layers}
+  return fn
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_rows(model, layers, path_steps, centered, microbatch_size, stacked):
+  rows = _rows_fn(model, layers, path_steps, centered)
+
+  def one(variables, x, y):
+    return microbatched(lambda xb, yb: rows(variables, xb, yb), microbatch_size)(x, y)
+
+  return jax.jit(jax.vmap(one, in_axes=(0, None, None)) if stacked else one)
+
+
+def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Sequence[str],
+                  path_steps: int = 0, centered: bool = False, microbatch_size: int = 256,
+                  stacked: bool = False) -> dict[str, np.ndarray]:
+  """Jacobian rows ``d z_y / d h_l`` for every layer, for all examples.
+
+  Args:
+    model, variables: the model (M stacked models if ``stacked``).
+    x: float[N, *input_shape]; y: int[N].
+    layers: layer names (see ``model.layer_names``; not the logits).
+    path_steps: 0 for point rows, R for path-integrated rows.
+    centered: differentiate ``z_y - mean_k z_k`` (see module docstring).
+    microbatch_size: examples per compiled chunk.
+  Returns:
+    {layer: float[(M,) N, *layer_shape]} as NumPy arrays.
+  """
+  x, y = model.check_inputs(x, y)
+  layers = _check_layers(model, layers)
+  if path_steps < 0:
+    raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
+  check_positive_int(microbatch_size, "microbatch_size")
+  fn = _compiled_rows(model, layers, int(path_steps), bool(centered), int(microbatch_size),
+                      bool(stacked))
+  return {k: np.asarray(v) for k, v in fn(variables, x, y).items()}
+
+
+# -- features -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=32)
+def _compiled_features(model, layer, microbatch_size, stacked):
+  def one(variables, x):
+    return microbatched(lambda xb: model.h(variables, xb, layer), microbatch_size)(x)
+  return jax.jit(jax.vmap(one, in_axes=(0, None)) if stacked else one)
+
+
+def layer_features(model: LayeredModel, variables: Variables, x, layer: str, *,
+                   microbatch_size: int = 1024, stacked: bool = False) -> np.ndarray:
+  """h_layer(x) for all examples: float[(M,) N, *layer_shape]."""
+  x, _ = model.check_inputs(x)
+  model.check_layers([layer])
+  return np.asarray(_compiled_features(model, layer, int(microbatch_size), bool(stacked))(variables, x))
+
+
+def class_means(features, y, num_classes: int) -> np.ndarray:
+  """Per-class mean of features float[N, *shape] -> float[K, *shape] (0 for empty classes)."""
+  f = np.asarray(features, np.float64)
+  y = np.asarray(y)
+  onehot = np.eye(num_classes)[y]  # [N, K]
+  counts = onehot.sum(0)
+  means = np.tensordot(onehot.T, f, axes=1) / np.maximum(counts, 1).reshape((-1,) + (1,) * (f.ndim - 1))
+  return means.astype(np.float32)
+
+
+# -- the layer-wise score pass --------------------------------------------------------------
+
+def _scores_one_target(model, layers, path_steps, centered):
+  """(target_vars, proxies{l: vars[P]}, means{l: [K,..]}, x[B], y[B]) -> {l: [B]}."""
+
+  def fn(target_vars, proxies, means, x, y):
+    feats = model.features(target_vars, x)
+    if path_steps == 0:
+      rows_t = point_rows(model, target_vars, x, y, layers, centered=centered)
+    else:
+      rows_t = {l: upper_rows(model, target_vars, feats[l], y, l, path_steps=path_steps,
+                              centered=centered) for l in layers}
+    out = {}
+    for l in layers:
+      # Average the proxies' rows (linear in the proxy, so this is the averaged attack).
+      rows_p = jax.vmap(lambda pv, l=l: upper_rows(
+          model, pv, feats[l], y, l, path_steps=path_steps, centered=centered))(proxies[l])
+      out[l] = linear_scores(feats[l], y, rows_t[l], jnp.mean(rows_p, axis=0), means[l])
+    return out
+
+  return fn
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_scores(model, layers, path_steps, centered, microbatch_size, stacked):
+  per_batch = _scores_one_target(model, layers, path_steps, centered)
+
+  def one(target_vars, proxies, means, x, y):
+    return microbatched(lambda xb, yb: per_batch(target_vars, proxies, means, xb, yb),
+                        microbatch_size)(x, y)
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)) if stacked else one)
+
+
+def layer_scores(model: LayeredModel, target_variables: Variables,
+                 proxy_variables: Mapping[str, Variables], means: Mapping[str, np.ndarray], x, y,
+                 *, path_steps: int = 0, centered: bool = True, microbatch_size: int = 256,
+                 stacked: bool = False) -> dict[str, np.ndarray]:
+  """Per-layer Stolen Memories scores for every example, in one compiled pass.
+
+  Args:
+    model: the target architecture.
+    target_variables: the target's variables (M stacked targets if ``stacked``).
+    proxy_variables: {layer: variables of the proxy upper part g*_l, with a leading axis
+      of P proxies (averaged)}; with ``stacked``, a further leading axis M.
+    means: {layer: float[(M,) K, *layer_shape]} class means of h_l on auxiliary data.
+    x: float[N, *input_shape]; y: int[N].
+    path_steps, centered: see :func:`jacobian_rows`.
+    microbatch_size: examples per compiled chunk (memory bound).
+  Returns:
+    {layer: float[(M,) N]}: higher = more likely member.
+  """
+  x, y = model.check_inputs(x, y)
+  layers = _check_layers(model, tuple(proxy_variables))
+  missing = [l for l in layers if l not in means]
+  if missing:
+    raise MiaInputError(f"means: missing class means for layer(s) {missing}")
+  if path_steps < 0:
+    raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
+  fn = _compiled_scores(model, layers, int(path_steps), bool(centered), int(microbatch_size),
+                        bool(stacked))
+  means = {l: jnp.asarray(means[l]) for l in layers}
+  proxies = {l: proxy_variables[l] for l in layers}
+  return {k: np.asarray(v) for k, v in fn(target_variables, proxies, means, x, y).items()}
