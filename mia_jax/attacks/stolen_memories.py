@@ -43,16 +43,20 @@ class StolenMemoriesConfig:
 
   Attributes:
     layers: layers to attack (default: every layer below the logits, "input" included).
-    num_proxies: P proxies per layer, trained on disjoint parts of the auxiliary data
-      (``proxy_sampling="disjoint"``) or on bootstrap resamples of all of it
-      (``"bootstrap"``); their Jacobian rows are averaged.
-    proxy_sampling: "disjoint" or "bootstrap".
+    num_proxies: P proxies per layer; their Jacobian rows are averaged (averaging
+      lowers the noise of the proxy's estimate of the population weights).
+    proxy_size: examples each proxy trains on. Match the target's training-set size: a
+      proxy trained on more data than the target has differently scaled weights. Default
+      (None): the auxiliary data split evenly among the P proxies.
+    proxy_sampling: "disjoint" (non-overlapping subsets; needs P * proxy_size <= A) or
+      "random" (each proxy an independent subset of proxy_size examples).
     path_steps: 0 for point Jacobians, R >= 1 for path-integrated ones.
     centered: use rows of ``z_y - mean_k z_k`` (invariant to the softmax's shift).
     microbatch_size: examples per compiled chunk in the score pass.
   """
   layers: tuple[str, ...] | None = None
   num_proxies: int = 1
+  proxy_size: int | None = None
   proxy_sampling: str = "disjoint"
   path_steps: int = 0
   centered: bool = True
@@ -60,9 +64,11 @@ class StolenMemoriesConfig:
 
   def __post_init__(self):
     check_positive_int(self.num_proxies, "num_proxies")
-    if self.proxy_sampling not in ("disjoint", "bootstrap"):
+    if self.proxy_size is not None:
+      check_positive_int(self.proxy_size, "proxy_size", minimum=2)
+    if self.proxy_sampling not in ("disjoint", "random"):
       raise MiaInputError(
-          f"proxy_sampling: expected 'disjoint' or 'bootstrap', got {self.proxy_sampling!r}")
+          f"proxy_sampling: expected 'disjoint' or 'random', got {self.proxy_sampling!r}")
     if not isinstance(self.path_steps, int) or self.path_steps < 0:
       raise MiaInputError(f"path_steps: expected an integer >= 0, got {self.path_steps!r}")
     check_positive_int(self.microbatch_size, "microbatch_size")
@@ -79,20 +85,23 @@ class Proxies(NamedTuple):
   means: dict[str, np.ndarray]
 
 
-def _proxy_keep(n: int, num_proxies: int, sampling: str, rng: np.random.Generator) -> np.ndarray:
-  keep = np.zeros((num_proxies, n), bool)
-  if sampling == "disjoint":
-    if n < 2 * num_proxies:
+def _proxy_keep(n: int, config: StolenMemoriesConfig, rng: np.random.Generator) -> np.ndarray:
+  """bool[P, n]: which auxiliary examples each proxy trains on."""
+  p = config.num_proxies
+  size = config.proxy_size or n // p
+  keep = np.zeros((p, n), bool)
+  if config.proxy_sampling == "disjoint":
+    if size < 2 or p * size > n:
       raise MiaInputError(
-          f"num_proxies: {num_proxies} disjoint proxies need at least {2 * num_proxies} "
-          f"auxiliary examples, got {n}")
-    for p, part in enumerate(np.array_split(rng.permutation(n), num_proxies)):
-      keep[p, part] = True
+          f"num_proxies/proxy_size: {p} disjoint proxies of {size} examples need "
+          f"{max(p * size, 2 * p)} auxiliary examples, got {n}")
+    for i, part in enumerate(rng.permutation(n)[:p * size].reshape(p, size)):
+      keep[i, part] = True
   else:
-    # A bootstrap resample as a keep row: the distinct examples drawn (duplicates dropped,
-    # since training weights each kept example once).
-    for p in range(num_proxies):
-      keep[p, rng.integers(0, n, n)] = True
+    if size > n:
+      raise MiaInputError(f"proxy_size: {size} exceeds the {n} auxiliary examples")
+    for i in range(p):
+      keep[i, rng.choice(n, size, replace=False)] = True
   return keep
 
 
@@ -135,7 +144,7 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
   for i, layer in enumerate(layers):
     feats = layer_features(model, target_variables, aux_x, layer)
     means[layer] = class_means(feats, aux_y, model.num_classes)
-    keep = _proxy_keep(aux_x.shape[0], config.num_proxies, config.proxy_sampling, rng)
+    keep = _proxy_keep(aux_x.shape[0], config, rng)
     res = train_models(model.upper(layer), feats, aux_y, keep, config=train_config,
                        seed=seed * 1009 + i, progress=progress,
                        description=f"proxies for {layer}")
@@ -193,3 +202,144 @@ def linear_scores_closed_form(x, y, w_target, w_proxy, means, *, class_counts=No
   if np.any(n < 2):
     raise MiaInputError("class_counts: every class needs at least 2 training examples")
   return n / (n - 1) * s - np.sum(centered_x ** 2, axis=1) / (2 * (n - 1) * sigma ** 2)
+
+
+# -- the full attack: proxies, per-layer scores, meta-attack, calibration -------------------
+
+class AttackerData(NamedTuple):
+  """How the attacker's auxiliary data is used (indices into the attacker's arrays).
+
+  Attributes:
+    proxy: examples the proxies train on (for the target and for the shadow).
+    shadow_in: the shadow target's training set (its known members); empty in the
+      non-member-only setting.
+    shadow_out: known non-members used to fit/calibrate the meta-attack.
+  """
+  proxy: np.ndarray
+  shadow_in: np.ndarray
+  shadow_out: np.ndarray
+
+
+def partition_attacker_data(num_aux: int, *, target_train_size: int, setting: str,
+                            seed: int = 0) -> AttackerData:
+  """Splits auxiliary data for the ``"shadow"`` or ``"nonmember"`` setting.
+
+  shadow: shadow_in and shadow_out get ``min(target_train_size, num_aux // 3)`` examples
+  each, the rest trains proxies. nonmember: a quarter (at most ``target_train_size``) is
+  held out as known non-members, the rest trains proxies.
+  """
+  if setting not in ("shadow", "nonmember"):
+    raise MiaInputError(f"setting: expected 'shadow' or 'nonmember', got {setting!r}")
+  perm = np.random.default_rng(seed).permutation(num_aux)
+  if setting == "shadow":
+    k = min(target_train_size, num_aux // 3)
+    if k < 4:
+      raise MiaInputError(f"aux: the shadow setting needs at least 12 auxiliary examples, got {num_aux}")
+    return AttackerData(np.sort(perm[2 * k:]), np.sort(perm[:k]), np.sort(perm[k:2 * k]))
+  k = min(target_train_size, num_aux // 4)
+  if k < 2:
+    raise MiaInputError(f"aux: the non-member setting needs at least 8 auxiliary examples, got {num_aux}")
+  return AttackerData(np.sort(perm[k:]), np.zeros(0, np.int64), np.sort(perm[:k]))
+
+
+class WhiteboxResult(NamedTuple):
+  """Scores of the target's evaluation examples and the calibrated operating point.
+
+  Attributes:
+    layer_scores: {layer: float[N]} per-layer scores.
+    meta_scores: float[N] meta-attack scores.
+    threshold: the meta threshold chosen on attacker-side data.
+    calibration: dict describing how the threshold was chosen.
+    attacker_scores: {"meta": float[n], "is_member": bool[n]} on attacker-side data.
+  """
+  layer_scores: dict[str, np.ndarray]
+  meta_scores: np.ndarray
+  threshold: float
+  calibration: dict
+  attacker_scores: dict
+
+
+def _features(layer_scores, loss=None):
+  feats = {f"layer:{k}": v for k, v in layer_scores.items()}
+  if loss is not None:
+    feats["neg_loss"] = -np.asarray(loss)
+  return feats
+
+
+def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, eval_x, eval_y, *,
+               target_train_size: int, config: StolenMemoriesConfig = StolenMemoriesConfig(),
+               train_config: TrainConfig = TrainConfig(), setting: str = "shadow",
+               meta_kind: str = "logistic", use_loss: bool = True,
+               target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
+               progress=None) -> WhiteboxResult:
+  """Runs the whole white-box attack against one target.
+
+  Args:
+    model, target_variables: the target.
+    aux_x, aux_y: the attacker's auxiliary data (disjoint from the target's training set).
+    eval_x, eval_y: the examples to decide membership of.
+    target_train_size: size of the target's training set (proxies and shadow match it).
+    config: layer-wise attack hyperparameters.
+    train_config: the target's training recipe (used for proxies and the shadow target).
+    setting: "shadow" (fit the meta-attack and a precision threshold on a shadow target)
+      or "nonmember" (standardize on known non-members, threshold for ``target_fpr``).
+    meta_kind: "logistic" or "mlp" (shadow setting).
+    use_loss: add the black-box loss as a meta feature.
+    target_precision: precision the threshold aims for (shadow setting).
+    target_fpr: false-positive rate the threshold aims for (non-member setting).
+    seed: fixes proxies, shadow training and the partition of the auxiliary data.
+  Returns:
+    WhiteboxResult.
+  """
+  from mia_jax.attacks.meta import fit_meta, fit_nonmember_meta, score_meta
+  from mia_jax.metrics import calibrate_threshold
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import train_model
+
+  aux_x, aux_y = model.check_inputs(aux_x, aux_y)
+  eval_x, eval_y = model.check_inputs(eval_x, eval_y)
+  parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
+                                  setting=setting, seed=seed)
+  size = min(target_train_size, parts.proxy.size)
+  num_proxies = max(1, min(config.num_proxies, parts.proxy.size // size))
+  cfg = dataclasses.replace(config, proxy_size=size, num_proxies=num_proxies)
+
+  def loss_of(variables, x, y):
+    return blackbox_signals(model, variables, x, y)["loss"] if use_loss else None
+
+  target_proxies = fit_proxies(model, target_variables, aux_x[parts.proxy], aux_y[parts.proxy],
+                               config=cfg, train_config=train_config, seed=seed + 1,
+                               progress=progress)
+  if setting == "shadow":
+    shadow = train_model(model, aux_x, aux_y, config=train_config, seed=(seed, 7919),
+                         indices=parts.shadow_in, progress=progress,
+                         description="shadow target").variables
+    shadow_proxies = fit_proxies(model, shadow, aux_x[parts.proxy], aux_y[parts.proxy],
+                                 config=cfg, train_config=train_config, seed=seed + 2,
+                                 progress=progress)
+    idx = np.concatenate([parts.shadow_in, parts.shadow_out])
+    is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
+    feats = _features(score(model, shadow, shadow_proxies, aux_x[idx], aux_y[idx], config=cfg),
+                      loss_of(shadow, aux_x[idx], aux_y[idx]))
+    meta = fit_meta(feats, is_member, kind=meta_kind, seed=seed)
+    attacker_meta = score_meta(meta, feats)
+    threshold = calibrate_threshold(attacker_meta, is_member, target_precision=target_precision)
+    calibration = {"setting": "shadow", "target_precision": float(target_precision)}
+  else:
+    idx = parts.shadow_out
+    feats = _features(score(model, target_variables, target_proxies, aux_x[idx], aux_y[idx],
+                            config=cfg), loss_of(target_variables, aux_x[idx], aux_y[idx]))
+    meta = fit_nonmember_meta(feats)
+    attacker_meta = score_meta(meta, feats)
+    is_member = np.zeros(idx.size, bool)
+    # Smallest threshold whose false-positive rate on the known non-members is <= target.
+    srt = np.sort(attacker_meta)[::-1]
+    k = int(np.floor(target_fpr * srt.size))
+    threshold = float(np.nextafter(srt[k], np.inf)) if k < srt.size else -np.inf
+    calibration = {"setting": "nonmember", "target_fpr": float(target_fpr)}
+  calibration.update(num_proxies=num_proxies, proxy_size=size, layers=list(target_proxies.means),
+                     attacker_examples=int(idx.size), meta_kind=meta.kind, use_loss=use_loss)
+  eval_layers = score(model, target_variables, target_proxies, eval_x, eval_y, config=cfg)
+  meta_scores = score_meta(meta, _features(eval_layers, loss_of(target_variables, eval_x, eval_y)))
+  return WhiteboxResult(eval_layers, meta_scores, float(threshold), calibration,
+                        {"meta": attacker_meta, "is_member": is_member})

@@ -1,0 +1,294 @@
+"""The audit: train a target, compute its signals, run every attack, measure leakage.
+
+:func:`run_audit` is the library entry point behind ``mia-jax audit``. It writes into
+``out_dir``:
+
+* ``target/`` -- the trained target (orbax checkpoint; reused when the run is resumed);
+* ``scores.npz`` -- every attack's score on the evaluation examples and ``is_member``;
+* ``results.json`` -- the documented, versioned summary (see ``docs/results_schema.md``).
+
+Every file is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
+
+SCHEMA_VERSION = 1
+BLACKBOX_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
+WHITEBOX_ATTACKS = ("stolen-memories",)
+ALL_ATTACKS = BLACKBOX_ATTACKS + WHITEBOX_ATTACKS
+DEFAULT_ATTACKS = ALL_ATTACKS
+REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+  """Everything an audit run needs (every field is a CLI flag and a config key).
+
+  Attributes:
+    dataset: built-in name, ``tfds:NAME`` / tfds name, or an ``.npz`` path.
+    dataset_options: keyword options for the loader (e.g. ``{"num_features": 50}``).
+    model: architecture name (``logistic``, ``mlp``, ``small_cnn``, ``resnet``).
+    model_options: keyword options for the architecture (e.g. ``{"widths": [256, 256]}``).
+    target_size: examples in the target's training set (members); the same number of
+      non-members is held out for evaluation; the rest is the attacker's auxiliary data.
+      None: an eighth of the pooled data (small, so the default target overfits).
+    optimizer, learning_rate, epochs, batch_size, weight_decay: the training recipe.
+    attacks: attack names (see ``ALL_ATTACKS``).
+    layers: layers for the white-box attack (None: all below the logits).
+    num_proxies: proxies per layer (averaged).
+    path_steps: 0 for point Jacobians, R for path-integrated ones.
+    whitebox_setting: "shadow" or "nonmember" (see :mod:`mia_jax.attacks.meta`).
+    target_precision: precision the white-box threshold is calibrated for.
+    target_fpr: FPR the threshold is calibrated for in the non-member setting.
+    seed: fixes the split, all training and all attacks.
+    microbatch_size: examples per compiled chunk in signal passes.
+  """
+  dataset: str = "digits"
+  dataset_options: dict = dataclasses.field(default_factory=dict)
+  model: str = "mlp"
+  model_options: dict = dataclasses.field(default_factory=dict)
+  target_size: int | None = None
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  epochs: int = 100
+  batch_size: int = 64
+  weight_decay: float = 0.0
+  attacks: tuple[str, ...] = DEFAULT_ATTACKS
+  layers: tuple[str, ...] | None = None
+  num_proxies: int = 1
+  path_steps: int = 0
+  whitebox_setting: str = "shadow"
+  target_precision: float = 0.9
+  target_fpr: float = 0.01
+  seed: int = 0
+  microbatch_size: int = 512
+
+  def __post_init__(self):
+    unknown = [a for a in self.attacks if a not in ALL_ATTACKS]
+    if unknown:
+      raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ALL_ATTACKS)}")
+    if not self.attacks:
+      raise MiaInputError("attacks: expected at least one attack")
+    if self.target_size is not None:
+      check_positive_int(self.target_size, "target_size", minimum=2)
+    check_in_range(self.target_precision, "target_precision", 0, 1, low_open=True)
+    check_in_range(self.target_fpr, "target_fpr", 0, 1)
+    if self.whitebox_setting not in ("shadow", "nonmember"):
+      raise MiaInputError(
+          f"whitebox_setting: expected 'shadow' or 'nonmember', got {self.whitebox_setting!r}")
+    check_positive_int(self.microbatch_size, "microbatch_size")
+    self.train_config()  # validates the recipe
+
+  def train_config(self):
+    from mia_jax.train import TrainConfig
+    return TrainConfig(optimizer=self.optimizer, learning_rate=self.learning_rate,
+                       epochs=self.epochs, batch_size=self.batch_size,
+                       weight_decay=self.weight_decay)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["attacks"] = list(self.attacks)
+    d["layers"] = list(self.layers) if self.layers is not None else None
+    return d
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+  os.close(fd)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def versions() -> dict[str, str]:
+  import importlib.metadata as md
+  out = {"python": platform.python_version()}
+  for pkg in ("mia-jax", "jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint"):
+    try:
+      out[pkg] = md.version(pkg)
+    except md.PackageNotFoundError:
+      out[pkg] = "not installed"
+  return out
+
+
+def device_info() -> dict[str, Any]:
+  import jax
+  devs = jax.devices()
+  return {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "count": len(devs)}
+
+
+class _Stages:
+  """Wall-clock timing of named stages (also printed through ``log``)."""
+
+  def __init__(self, log: Callable[[str], None]):
+    self.timings: dict[str, float] = {}
+    self.log = log
+
+  def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    out = fn()
+    self.timings[name] = round(time.perf_counter() - t0, 3)
+    self.log(f"[stage] {name}: {self.timings[name]:.1f}s")
+    return out
+
+
+def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, progress=None,
+              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+  """Runs an audit and writes results into ``out_dir`` (see module docstring).
+
+  A finished run (``results.json`` present) is not overwritten unless ``overwrite``; an
+  unfinished one is resumed: the saved target is reused.
+
+  Returns:
+    The results dict written to ``results.json``.
+  """
+  import jax  # noqa: F401  (device info)
+
+  from mia_jax.attacks import stolen_memories as sm
+  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.data import load_dataset, membership_split
+  from mia_jax.metrics import precision_recall_at, prior_precision, summarize
+  from mia_jax.models import make_model
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import load_variables, save_variables, train_model
+
+  out_dir = os.path.abspath(out_dir)
+  results_path = os.path.join(out_dir, "results.json")
+  if os.path.exists(results_path) and not overwrite:
+    raise MiaInputError(f"out: {out_dir} holds a finished run; pass --overwrite to replace it")
+  if overwrite and os.path.isdir(out_dir):
+    import shutil
+    for name in ("results.json", "scores.npz", "target", "config.json"):
+      p = os.path.join(out_dir, name)
+      if os.path.isdir(p):
+        shutil.rmtree(p)
+      elif os.path.exists(p):
+        os.remove(p)
+  os.makedirs(out_dir, exist_ok=True)
+  write_json_atomic(os.path.join(out_dir, "config.json"), config.to_dict())
+
+  stages = _Stages(log)
+  ds = stages.run("load_data", lambda: load_dataset(config.dataset, **config.dataset_options))
+  x, y = ds.all_x(), ds.all_y()
+  n_total = x.shape[0]
+  n_target = config.target_size or n_total // 8
+  if 2 * n_target >= n_total:
+    raise MiaInputError(
+        f"target_size: {n_target} members plus as many non-members leave no auxiliary data "
+        f"from {n_total} examples")
+  split = membership_split(n_total, target_in=n_target, target_out=n_target,
+                           auxiliary=n_total - 2 * n_target, seed=config.seed)
+  model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
+                     **config.model_options)
+  tcfg = config.train_config()
+
+  target_dir = os.path.join(out_dir, "target")
+
+  def train_target():
+    if os.path.isdir(target_dir):
+      log(f"resuming: reusing the trained target in {target_dir}")
+      like = model.init(__import__("jax").random.key(0))
+      return load_variables(target_dir, like=like)[0]
+    res = train_model(model, x, y, config=tcfg, seed=config.seed, indices=split.target_in,
+                      progress=progress, description="target")
+    save_variables(target_dir, res.variables, metadata={"model": dict(model.spec)})
+    return res.variables
+
+  target = stages.run("train_target", train_target)
+  eval_idx = np.concatenate([split.target_in, split.target_out])
+  is_member = np.r_[np.ones(split.target_in.size, bool), np.zeros(split.target_out.size, bool)]
+  bb = stages.run("blackbox_signals", lambda: blackbox_signals(
+      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size))
+  train_acc = float(bb["correct"][is_member].mean())
+  test_acc = float(bb["correct"][~is_member].mean())
+
+  scores: dict[str, np.ndarray] = {}
+  attacks_out: dict[str, Any] = {}
+  bb_names = [a for a in config.attacks if a in BLACKBOX_ATTACKS]
+  for name, s in threshold_scores(bb, bb_names).items():
+    scores[name] = s
+    attacks_out[name] = summarize(s, is_member, REPORT_FPRS)
+
+  if "stolen-memories" in config.attacks:
+    smc = sm.StolenMemoriesConfig(layers=config.layers, num_proxies=config.num_proxies,
+                                  path_steps=config.path_steps,
+                                  microbatch_size=min(config.microbatch_size, 256))
+
+    def whitebox():
+      return sm.run_attack(model, target, x[split.auxiliary], y[split.auxiliary],
+                           x[eval_idx], y[eval_idx], target_train_size=n_target, config=smc,
+                           train_config=tcfg, setting=config.whitebox_setting,
+                           target_precision=config.target_precision,
+                           target_fpr=config.target_fpr, seed=config.seed, progress=progress)
+
+    wb = stages.run("stolen_memories", whitebox)
+    scores["stolen-memories"] = wb.meta_scores
+    entry = summarize(wb.meta_scores, is_member, REPORT_FPRS)
+    precision, recall = precision_recall_at(wb.meta_scores, is_member, wb.threshold)
+    tpr = recall
+    fpr = float(np.mean(wb.meta_scores[~is_member] >= wb.threshold))
+    entry["calibrated"] = {
+        **wb.calibration, "threshold": wb.threshold, "precision": float(precision),
+        "recall": float(recall), "fpr": fpr,
+        "prior_precision": {str(p): float(prior_precision(tpr, fpr, p)) for p in (0.5, 0.1, 0.01)},
+    }
+    entry["layers"] = {}
+    for layer, s in wb.layer_scores.items():
+      scores[f"stolen-memories/{layer}"] = s
+      entry["layers"][layer] = summarize(s, is_member, REPORT_FPRS)
+    attacks_out["stolen-memories"] = entry
+
+  write_npz_atomic(os.path.join(out_dir, "scores.npz"), is_member=is_member,
+                   labels=y[eval_idx], **{f"score:{k}": v for k, v in scores.items()})
+  results = {
+      "schema_version": SCHEMA_VERSION,
+      "dataset": {"name": ds.name, "num_classes": ds.num_classes,
+                  "feature_shape": list(ds.feature_shape), "num_examples": n_total,
+                  "num_members": int(split.target_in.size),
+                  "num_nonmembers": int(split.target_out.size),
+                  "num_auxiliary": int(split.auxiliary.size)},
+      "model": {"name": model.name, "spec": dict(model.spec)},
+      "seed": config.seed,
+      "config": config.to_dict(),
+      "target": {"train_accuracy": train_acc, "test_accuracy": test_acc,
+                 "generalization_gap": train_acc - test_acc},
+      "attacks": attacks_out,
+      "timings": stages.timings,
+      "versions": versions(),
+      "device": device_info(),
+  }
+  write_json_atomic(results_path, results)
+  return results
