@@ -216,6 +216,27 @@ def _compiled_scores(model, layers, path_steps, centered, microbatch_size, stack
   return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)) if stacked else one)
 
 
+def _check_proxy(model: LayeredModel, target_variables, proxy_variables, layer: str,
+                 lead: int) -> None:
+  """The proxy's upper part must have the target's upper architecture (plus a P axis)."""
+  upper = model.stage_names[model._index(layer):]
+  for col, tree in target_variables.items():
+    want = {name: tree[name] for name in upper if name in tree}
+    got = proxy_variables.get(col, {})
+    got = {name: got[name] for name in upper if name in got}
+    if jax.tree.structure(want) != jax.tree.structure(got):
+      raise MiaInputError(
+          f"proxy_variables[{layer!r}]: the proxy's {col!r} do not match the target's upper "
+          f"part above {layer!r} (stages {list(upper)}): proxy and target must share the "
+          "architecture")
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+      if tuple(np.shape(a))[lead:] != tuple(np.shape(b))[lead + 1:]:
+        raise MiaInputError(
+            f"proxy_variables[{layer!r}]: a proxy parameter has shape {np.shape(b)}, expected "
+            f"[P, {', '.join(map(str, np.shape(a)[lead:]))}] (leading axis: proxies): proxy and "
+            "target must share the architecture")
+
+
 def layer_scores(model: LayeredModel, target_variables: Variables,
                  proxy_variables: Mapping[str, Variables], means: Mapping[str, np.ndarray], x, y,
                  *, path_steps: int = 0, centered: bool = True, microbatch_size: int = 256,
@@ -241,6 +262,9 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
     raise MiaInputError(f"means: missing class means for layer(s) {missing}")
   if path_steps < 0:
     raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
+  lead = 1 if stacked else 0
+  for l in layers:
+    _check_proxy(model, target_variables, proxy_variables[l], l, lead)
   fn = _compiled_scores(model, layers, int(path_steps), bool(centered), int(microbatch_size),
                         bool(stacked))
   means = {l: jnp.asarray(means[l]) for l in layers}
