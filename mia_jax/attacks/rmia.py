@@ -1,0 +1,277 @@
+"""RMIA: the relative membership-inference attack of Zarifzadeh et al. (ICML 2024).
+
+"Low-Cost High-Power Membership Inference Attacks". The signal is the target model's
+probability of the true label, ``p(x) = Pr(y_x | x, theta)``, compared with its
+average ``Pr(x)`` over reference models, and the resulting ratio is compared with
+the same ratio on population samples z (never in the target's training set):
+
+* ``ratio(x) = p_target(x) / Pr(x)``, ``ratio(z) = p_target(z) / Pr(z)``;
+* ``LR(x, z) = ratio(x) / ratio(z)``;
+* ``score(x) = (1/Z) * #{z : LR(x, z) >= gamma}`` in [0, 1]; **higher = more likely a
+  member**.
+
+``Pr`` is the mean over reference models:
+
+* online (``offline_a=None``): all M references, whether they trained on x or not
+  (the paper's online setting, where half the references are IN for each x);
+* offline (``offline_a=a``): only the references that did NOT train on x
+  (``keep[m, i]`` False; ``keep=None`` means no reference trained on any x), with the
+  paper's linear approximation of the missing IN models
+  ``Pr(x) = 0.5 * ((1 + a) * Pr_OUT(x) + (1 - a))``. The population samples are OUT
+  for every reference, so the same approximation gives ``Pr(z)`` from all M references,
+  as in the authors' implementation (privacy_meter). ``a`` is tuned on reference
+  models in the paper (``a = 1`` means no correction: ``Pr = Pr_OUT``).
+
+The comparison is ``>= gamma`` as in the paper's definition; the authors' code uses a
+strict ``>``. The two differ only on exact ties.
+
+``Pr`` is floored at the smallest positive normal float so a ratio never divides by
+zero. The N x Z comparison is never materialised: ``ratio(z)`` is sorted once and each
+x is answered by a binary search that applies the exact predicate
+``ratio(x) / ratio(z) >= gamma`` (monotone in ``ratio(z)``), so the counts equal the
+brute-force comparison bit for bit in O((N + Z) log Z), chunked over x.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
+                                 check_ndim, check_positive_int)
+
+__all__ = ["RmiaState", "rmia_fit", "rmia_score", "rmia_scores"]
+
+
+class RmiaState(NamedTuple):
+  """Reference averages of the true-label probability.
+
+  Attributes:
+    pr_x: float[N] ``Pr(x)`` for the candidate examples.
+    pr_z: float[Z] ``Pr(z)`` for the population samples.
+  """
+  pr_x: jax.Array
+  pr_z: jax.Array
+
+
+# ---------------------------------------------------------------------------
+# Validation (host, before any compute).
+# ---------------------------------------------------------------------------
+
+
+def _float_dtype():
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def _check_probs(value: Any, name: str, ndim: int, shape=None, what: str = "") -> np.ndarray:
+  arr = as_array(value, name)
+  check_ndim(arr, name, ndim)
+  if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating)
+                               or np.issubdtype(arr.dtype, np.integer)):
+    raise MiaInputError(f"{name}: expected probabilities, got dtype={arr.dtype}")
+  arr = arr.astype(np.float64)
+  if shape is not None and arr.shape != tuple(shape):
+    raise MiaInputError(f"{name}: expected shape {list(shape)}{what}, got {list(arr.shape)}")
+  if 0 in arr.shape:
+    raise MiaInputError(f"{name}: expected a non-empty array, got shape {list(arr.shape)}")
+  check_finite(arr, name)
+  if arr.min() < 0 or arr.max() > 1:
+    raise MiaInputError(
+        f"{name}: expected probabilities in [0, 1], got range [{arr.min()}, {arr.max()}]")
+  return arr
+
+
+def _check_keep(keep: Any, m: int, n: int) -> np.ndarray:
+  arr = as_array(keep, "keep")
+  check_ndim(arr, "keep", 2)
+  if arr.dtype != bool:
+    if not np.issubdtype(arr.dtype, np.integer) or not np.all(np.isin(arr, (0, 1))):
+      raise MiaInputError(f"keep: expected a boolean matrix (or 0/1), got dtype={arr.dtype}")
+    arr = arr.astype(bool)
+  if arr.shape != (m, n):
+    raise MiaInputError(
+        f"keep: expected bool[{m}, {n}] (reference models x examples, matching p_ref_x), "
+        f"got shape {list(arr.shape)}")
+  return arr
+
+
+# ---------------------------------------------------------------------------
+# Core (jnp).
+# ---------------------------------------------------------------------------
+
+
+def _count_one(rx: jax.Array, rz_sorted: jax.Array, gamma: jax.Array) -> jax.Array:
+  """#{j : rx / rz_sorted[j] >= gamma} for one x, by binary search.
+
+  The predicate is non-increasing along the ascending ``rz_sorted`` (rounded division
+  is monotone; rz = 0 gives inf, or NaN = False when rx = 0), so the matches are a
+  prefix whose length is found in ceil(log2(Z + 1)) exact predicate evaluations.
+  """
+  z = rz_sorted.shape[0]
+
+  def body(_, lohi):
+    lo, hi = lohi
+    mid = (lo + hi) // 2
+    ok = (rx / rz_sorted[jnp.minimum(mid, z - 1)]) >= gamma
+    active = lo < hi
+    return (jnp.where(active & ok, mid + 1, lo), jnp.where(active & ~ok, mid, hi))
+
+  lo, _ = jax.lax.fori_loop(0, z.bit_length(), body,
+                            (jnp.zeros((), jnp.int32), jnp.full((), z, jnp.int32)))
+  return lo
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _count_at_least(ratio_x: jax.Array, ratio_z: jax.Array, gamma: jax.Array, *,
+                    chunk_size: int) -> jax.Array:
+  """int32[N]: number of z with ratio_x / ratio_z >= gamma, chunk_size x at a time."""
+  rz_sorted = jnp.sort(ratio_z)
+  return jax.lax.map(lambda rx: _count_one(rx, rz_sorted, gamma), ratio_x,
+                     batch_size=min(chunk_size, ratio_x.shape[0]))
+
+
+def _fraction_at_least(ratio_x, ratio_z, gamma, *, chunk_size: int) -> np.ndarray:
+  """float[N] (NumPy, dtype of ratio_x): the counts over Z, divided on the host so the
+  result is the correctly rounded count / Z (XLA may multiply by 1/Z instead)."""
+  counts = np.asarray(_count_at_least(ratio_x, ratio_z, gamma, chunk_size=chunk_size))
+  return (counts / np.shape(ratio_z)[0]).astype(np.asarray(ratio_x).dtype)
+
+
+def _offline_mix(pr_out: jax.Array, a: jax.Array) -> jax.Array:
+  return 0.5 * ((1.0 + a) * pr_out + (1.0 - a))
+
+
+@functools.partial(jax.jit, static_argnames=("offline",))
+def _fit_jit(p_ref_x, p_ref_z, out_mask, a, *, offline: bool) -> RmiaState:
+  if offline:
+    w = out_mask.astype(p_ref_x.dtype)
+    pr_x = _offline_mix(jnp.sum(w * p_ref_x, 0) / jnp.sum(w, 0), a)
+    pr_z = _offline_mix(jnp.mean(p_ref_z, 0), a)
+  else:
+    pr_x, pr_z = jnp.mean(p_ref_x, 0), jnp.mean(p_ref_z, 0)
+  return RmiaState(pr_x, pr_z)
+
+
+@jax.jit
+def _ratios(state: RmiaState, p_target_x, p_target_z):
+  tiny = jnp.finfo(p_target_x.dtype).tiny
+  return (p_target_x / jnp.maximum(state.pr_x, tiny),
+          p_target_z / jnp.maximum(state.pr_z, tiny))
+
+
+# ---------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------
+
+
+def rmia_fit(p_ref_x: Any, p_ref_z: Any, *, keep: Any = None,
+             offline_a: float | None = None) -> RmiaState:
+  """Averages the reference models' probabilities: ``Pr(x)`` and ``Pr(z)``.
+
+  Args:
+    p_ref_x: float[M, N] reference models' true-label probabilities on the candidates.
+    p_ref_z: float[M, Z] the same on the population samples.
+    keep: optional bool[M, N], ``keep[m, i]`` = x_i in reference model m's training
+      set. Only the offline mode uses it (to select the OUT references); ``None``
+      there means every reference is OUT for every x. The online mode averages all
+      references and only checks its shape.
+    offline_a: ``None`` for the online attack, else the offline coefficient
+      ``a`` in [0, 1]: ``Pr(x) = 0.5 * ((1 + a) * Pr_OUT(x) + (1 - a))``.
+
+  Returns:
+    RmiaState(pr_x float[N], pr_z float[Z]).
+
+  Raises:
+    MiaInputError: on invalid inputs, e.g. (offline) an x with no OUT reference.
+  """
+  px = _check_probs(p_ref_x, "p_ref_x", 2)
+  m, n = px.shape
+  pz = _check_probs(p_ref_z, "p_ref_z", 2)
+  if pz.shape[0] != m:
+    raise MiaInputError(
+        f"p_ref_z: expected {m} rows (one per reference model, as p_ref_x), got "
+        f"shape {list(pz.shape)}")
+  keep_np = None if keep is None else _check_keep(keep, m, n)
+  offline = offline_a is not None
+  a = check_in_range(offline_a, "offline_a", 0.0, 1.0) if offline else 0.0
+  out_mask = np.ones((m, n), bool) if keep_np is None else ~keep_np
+  if offline:
+    bad = np.flatnonzero(out_mask.sum(0) == 0)
+    if bad.size:
+      raise MiaInputError(
+          f"keep: offline RMIA needs at least one OUT reference model per example; "
+          f"{bad.size} example(s) have none (first: {bad[:5].tolist()})")
+  dtype = _float_dtype()
+  return _fit_jit(jnp.asarray(px, dtype), jnp.asarray(pz, dtype), jnp.asarray(out_mask),
+                  jnp.asarray(a, dtype), offline=offline)
+
+
+def rmia_score(state: RmiaState, p_target_x: Any, p_target_z: Any, *, gamma: float = 1.0,
+               chunk_size: int = 4096) -> np.ndarray:
+  """Scores the target model against a fitted :class:`RmiaState`.
+
+  Args:
+    state: from :func:`rmia_fit`.
+    p_target_x: float[N] target model's true-label probabilities on the candidates.
+    p_target_z: float[Z] the same on the population samples.
+    gamma: likelihood-ratio threshold, > 0 (the paper uses 1 or 2).
+    chunk_size: candidates searched at once (memory ~ chunk_size, not N x Z).
+
+  Returns:
+    float[N] scores in [0, 1] (NumPy), higher = more likely a member.
+
+  Raises:
+    MiaInputError: on invalid inputs, before any compute.
+  """
+  if not isinstance(state, RmiaState):
+    raise MiaInputError(f"state: expected an RmiaState from rmia_fit, got {type(state).__name__}")
+  n, z = int(np.shape(state.pr_x)[0]), int(np.shape(state.pr_z)[0])
+  tx = _check_probs(p_target_x, "p_target_x", 1, (n,), " (one per candidate, as p_ref_x)")
+  tz = _check_probs(p_target_z, "p_target_z", 1, (z,), " (one per population sample, as p_ref_z)")
+  gamma = check_in_range(gamma, "gamma", 0.0, np.inf, low_open=True, high_open=True)
+  chunk_size = check_positive_int(chunk_size, "chunk_size")
+  dtype = _float_dtype()
+  rx, rz = _ratios(state, jnp.asarray(tx, dtype), jnp.asarray(tz, dtype))
+  return _fraction_at_least(rx, rz, jnp.asarray(gamma, dtype), chunk_size=chunk_size)
+
+
+def rmia_scores(p_target_x: Any, p_target_z: Any, p_ref_x: Any, p_ref_z: Any, *,
+                gamma: float = 1.0, keep: Any = None, offline_a: float | None = None,
+                chunk_size: int = 4096) -> np.ndarray:
+  """RMIA scores of N candidates against a target model (fit + score in one call).
+
+  ``score(x) = (1/Z) #{z : (p_target(x) / Pr(x)) / (p_target(z) / Pr(z)) >= gamma}``.
+
+  Args:
+    p_target_x: float[N] target model's true-label probabilities on the candidates.
+    p_target_z: float[Z] target model's true-label probabilities on population samples
+      (examples not in the target's training set).
+    p_ref_x: float[M, N] reference models' probabilities on the candidates.
+    p_ref_z: float[M, Z] reference models' probabilities on the population samples.
+    gamma: likelihood-ratio threshold, > 0.
+    keep: optional bool[M, N] reference membership (see :func:`rmia_fit`).
+    offline_a: ``None`` = online (average over all references); else the offline
+      coefficient a in [0, 1].
+    chunk_size: candidates searched at once.
+
+  Returns:
+    float[N] scores in [0, 1] (NumPy), higher = more likely a member.
+
+  Raises:
+    MiaInputError: bad shapes, probabilities outside [0, 1] or NaN, gamma <= 0,
+      a outside [0, 1], chunk_size < 1, or (offline) an x with no OUT reference.
+  """
+  # Validate the target-side arguments too before fitting anything.
+  px = _check_probs(p_ref_x, "p_ref_x", 2)
+  pz = _check_probs(p_ref_z, "p_ref_z", 2)
+  _check_probs(p_target_x, "p_target_x", 1, (px.shape[1],), " (one per candidate, as p_ref_x)")
+  _check_probs(p_target_z, "p_target_z", 1, (pz.shape[1],),
+               " (one per population sample, as p_ref_z)")
+  check_in_range(gamma, "gamma", 0.0, np.inf, low_open=True, high_open=True)
+  check_positive_int(chunk_size, "chunk_size")
+  state = rmia_fit(px, pz, keep=keep, offline_a=offline_a)
+  return rmia_score(state, p_target_x, p_target_z, gamma=gamma, chunk_size=chunk_size)
