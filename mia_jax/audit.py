@@ -211,6 +211,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
         f"from {n_total} examples")
   split = membership_split(n_total, target_in=n_target, target_out=n_target,
                            auxiliary=n_total - 2 * n_target, seed=config.seed)
+  sm.check_disjoint(split.auxiliary, split.target_in)
   model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
                      **config.model_options)
   tcfg = config.train_config()

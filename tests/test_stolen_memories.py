@@ -53,7 +53,7 @@ def _gnb_case(*, d, n, separation, seed=0, aux=2000, fresh=1600):
 def test_gaussian_nb_overfit_beats_loss_and_nears_oracle():
   # d large relative to n: the target fits its training set perfectly.
   loss_auc, attack_auc, oracle_auc = _gnb_case(d=200, n=100, separation=3.0)
-  assert attack_auc > loss_auc + 0.08, (attack_auc, loss_auc)
+  assert attack_auc > loss_auc + 0.06, (attack_auc, loss_auc)  # seen: +0.08 to +0.12
   assert attack_auc > oracle_auc - 0.03, (attack_auc, oracle_auc)
 
 
