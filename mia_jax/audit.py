@@ -214,6 +214,9 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   sm.check_disjoint(split.auxiliary, split.target_in)
   model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
                      **config.model_options)
+  if config.layers is not None and "stolen-memories" in config.attacks:
+    from mia_jax.whitebox import _check_layers
+    _check_layers(model, config.layers)  # before any training
   tcfg = config.train_config()
 
   target_dir = os.path.join(out_dir, "target")

@@ -1,0 +1,72 @@
+"""The command line: audit end to end, results.json schema, errors without tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mia_jax import cli
+from mia_jax.audit import SCHEMA_VERSION
+
+FAST = ["--epochs", "40", "--target-size", "150", "--quiet"]
+
+
+def _run(*args, cwd=None):
+  return subprocess.run([sys.executable, "-m", "mia_jax.cli", *args], capture_output=True,
+                        text=True, cwd=cwd, timeout=600)
+
+
+def test_help_lists_every_option():
+  out = _run("audit", "--help")
+  assert out.returncode == 0
+  for flag in ("--dataset", "--model", "--attacks", "--layers", "--num-proxies", "--path-steps",
+               "--target-precision", "--whitebox-setting", "--seed", "--out", "--overwrite",
+               "--dataset-option", "--model-option", "--microbatch-size"):
+    assert flag in out.stdout
+  assert _run("--help").returncode == 0
+
+
+@pytest.mark.slow
+def test_audit_writes_results_and_refuses_to_overwrite(tmp_path):
+  out_dir = tmp_path / "run"
+  assert cli.main(["audit", "--out", str(out_dir), *FAST]) == 0
+  res = json.loads((out_dir / "results.json").read_text())
+  assert res["schema_version"] == SCHEMA_VERSION
+  assert res["dataset"]["name"] == "digits"
+  assert res["model"]["name"] == "mlp"
+  assert res["seed"] == 0
+  assert res["target"]["train_accuracy"] == 1.0  # the default target overfits
+  assert 0.5 < res["target"]["test_accuracy"] < 1.0
+  for name in ("loss", "confidence", "entropy", "modified_entropy", "correctness",
+               "stolen-memories"):
+    a = res["attacks"][name]
+    for key in ("auc", "balanced_accuracy", "advantage", "tpr_at_fpr"):
+      assert key in a
+    assert set(a["tpr_at_fpr"]) == {"0.1", "0.01", "0.001", "0.0001", "0.0"}
+  assert res["attacks"]["loss"]["auc"] > 0.55  # overfit target leaks through its loss
+  sm = res["attacks"]["stolen-memories"]
+  assert set(sm["layers"]) == {"input", "dense_0", "dense_1"}
+  assert 0 <= sm["calibrated"]["precision"] <= 1
+  assert {"train_target", "stolen_memories"} <= set(res["timings"])
+  assert "jax" in res["versions"]
+  assert (out_dir / "scores.npz").exists() and (out_dir / "target").is_dir()
+  # A finished run is not overwritten without --overwrite.
+  assert cli.main(["audit", "--out", str(out_dir), *FAST]) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dataset", "no_such_dataset"], "no_such_dataset"),
+    (["--model", "transformer"], "model"),
+    (["--attacks", "loss,telepathy"], "attacks"),
+    (["--dataset", "/nonexistent/file.npz"], "file.npz"),
+    (["--target-precision", "1.5"], "target_precision"),
+    (["--layers", "conv_9", "--attacks", "stolen-memories", "--epochs", "1"], "conv_9"),
+])
+def test_bad_input_is_a_clear_error_without_traceback(tmp_path, args, needle):
+  out = _run("audit", "--out", str(tmp_path / "r"), "--quiet", *args)
+  assert out.returncode == 2
+  assert "Traceback" not in out.stderr
+  assert needle in out.stderr
+  assert out.stderr.startswith("mia-jax: error:")
