@@ -1,0 +1,249 @@
+"""Tests for mia_jax.dp: clipping vs a naive loop, DP-SGD training, accounting, bounds."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mia_jax import dp
+from mia_jax._validation import MiaInputError
+from mia_jax.models import mlp, resnet
+from mia_jax.train import TrainConfig, train_model
+
+D, K = 12, 3
+
+
+def _data(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, D)).astype(np.float32)
+  y = (np.argmax(x[:, :K], 1)).astype(np.int32)
+  return x, y
+
+
+MODEL = mlp(input_shape=(D,), num_classes=K, widths=(8,))  # shared: compiled once
+
+
+def _model():
+  return MODEL
+
+
+def _flat(tree) -> np.ndarray:
+  return np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(tree)])
+
+
+# -- clipping --------------------------------------------------------------------------------
+
+def test_clipped_sum_matches_naive_loop():
+  model = _model()
+  params = model.init(jax.random.key(0))["params"]
+  x, y = _data(10)
+  x[3] *= 50.0  # a large-gradient example that will be clipped
+  weights = np.ones(10, np.float32)
+  weights[7] = 0.0  # a padding slot
+
+  def loss(p, xi, yi):
+    logits = model.apply({"params": p}, xi[None])
+    return -jax.nn.log_softmax(logits)[0, yi]
+
+  # Naive reference: a Python loop of jax.grad, manual clipping in NumPy.
+  grad_one = jax.jit(jax.grad(loss))
+  grads = [_flat(grad_one(params, jnp.asarray(x[i]), y[i])) for i in range(10)]
+  norms = [np.linalg.norm(g) for g in grads]
+  clip = float(np.median(norms))  # about half of the examples are clipped
+  want = np.zeros_like(grads[0])
+  for i in range(10):
+    want += weights[i] * grads[i] * min(1.0, clip / norms[i])
+  assert max(norms) > clip > min(norms)  # both clipped and unclipped examples
+
+  batch = (jnp.asarray(x), jnp.asarray(y))
+  w = jnp.asarray(weights)
+
+  @jax.jit
+  def all_variants(p):
+    per_ex = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(p, *batch)
+    return (dp.clip_and_sum(per_ex, clip, w), dp.clipped_grad_sum(loss, p, batch, w, clip),
+            dp.clipped_grad_sum(loss, p, batch, w, clip, microbatch_size=5))
+
+  (got, got_norms), (summed, loss_sum), (summed_mb, loss_mb) = all_variants(params)
+  np.testing.assert_allclose(_flat(got), want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got_norms, norms, rtol=1e-5)
+  np.testing.assert_allclose(_flat(summed), want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(_flat(summed_mb), want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(loss_mb, loss_sum, rtol=1e-5)
+  # Every clipped gradient has norm <= clip, so the sum has norm <= clip * #examples.
+  assert np.linalg.norm(_flat(got)) <= clip * weights.sum() + 1e-5
+
+
+# -- training --------------------------------------------------------------------------------
+
+def test_no_noise_huge_clip_shuffle_equals_plain_training():
+  model = _model()
+  x, y = _data(64)
+  cfg = TrainConfig(optimizer="sgd", learning_rate=0.1, epochs=2, batch_size=16,
+                    weight_decay=1e-3)
+  plain = train_model(model, x, y, config=cfg, seed=5)
+  private = dp.train_model_dp(model, x, y, config=cfg, noise_multiplier=0.0, clip_norm=1e6,
+                              seed=5, sampling="shuffle")
+  np.testing.assert_allclose(_flat(private.variables), _flat(plain.variables), atol=1e-6)
+
+
+def test_poisson_training_is_seeded_and_noisy():
+  model = _model()
+  x, y = _data(64)
+  cfg = TrainConfig(optimizer="sgd", learning_rate=0.1, epochs=2, batch_size=16)
+  kw = dict(config=cfg, clip_norm=1.0)
+  a = dp.train_model_dp(model, x, y, noise_multiplier=1.0, seed=1, **kw)
+  b = dp.train_model_dp(model, x, y, noise_multiplier=1.0, seed=1, **kw)
+  c = dp.train_model_dp(model, x, y, noise_multiplier=0.0, seed=1, **kw)
+  np.testing.assert_array_equal(_flat(a.variables), _flat(b.variables))
+  assert not np.allclose(_flat(a.variables), _flat(c.variables))
+  assert a.losses.shape == (2,) and np.all(np.isfinite(a.losses))
+  init = _flat(model.init(jax.random.fold_in(jax.random.key(1), 0)))
+  assert not np.allclose(_flat(c.variables), init)  # it trained
+
+
+def test_poisson_batches_are_distinct_members():
+  rng = np.random.default_rng(0)
+  members = np.arange(100, 200)
+  counts = rng.binomial(100, 0.1, size=50)
+  idx, w = dp._poisson_epoch(rng, members, counts, 32)
+  np.testing.assert_array_equal(w.sum(1), counts)
+  for t in range(50):
+    real = idx[t, :counts[t]]
+    assert np.unique(real).size == counts[t] and np.all((real >= 100) & (real < 200))
+
+
+def test_training_errors():
+  model = _model()
+  x, y = _data(16)
+  with pytest.raises(MiaInputError, match="clip_norm"):
+    dp.train_model_dp(model, x, y, noise_multiplier=1.0, clip_norm=0.0)
+  with pytest.raises(MiaInputError, match="noise_multiplier"):
+    dp.train_model_dp(model, x, y, noise_multiplier=-0.1, clip_norm=1.0)
+  with pytest.raises(MiaInputError, match="sampling"):
+    dp.train_model_dp(model, x, y, noise_multiplier=1.0, clip_norm=1.0, sampling="uniform")
+  with pytest.raises(MiaInputError, match="indices"):
+    dp.train_model_dp(model, x, y, noise_multiplier=1.0, clip_norm=1.0, indices=[99])
+  bn = resnet(input_shape=(8, 8, 3), num_classes=K, widths=(4,))
+  with pytest.raises(MiaInputError, match="model"):
+    dp.train_model_dp(bn, np.zeros((4, 8, 8, 3)), np.zeros(4, int), noise_multiplier=1.0,
+                      clip_norm=1.0)
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+# TF-Privacy's compute_dp_sgd_privacy example: N=60000, batch 256, noise 1.12, 60 epochs,
+# delta 1e-5 "satisfies (2.92, 1e-5)-DP" (classic RDP conversion). dp_accounting's tighter
+# conversion of the same RDP curve gives 2.5187 (dp-accounting 0.6.0).
+Q_MNIST = 256 / 60000
+STEPS_MNIST = math.ceil(60 * 60000 / 256)  # 14063
+
+
+def test_epsilon_matches_tf_privacy_reference():
+  acc = dp._rdp_accountant(1.12, Q_MNIST, STEPS_MNIST)
+  orders, rdp = np.asarray(acc._orders), np.asarray(acc._rdp)  # noqa: SLF001
+  classic = np.min(rdp - math.log(1e-5) / (orders - 1))
+  assert classic == pytest.approx(2.92, abs=0.01)
+  eps = dp.epsilon_for(1.12, Q_MNIST, STEPS_MNIST, 1e-5)
+  assert eps == pytest.approx(2.5187, abs=0.005)
+  assert eps <= classic
+  # The lead's setting (noise 1.1): slightly larger epsilon.
+  assert dp.epsilon_for(1.1, Q_MNIST, STEPS_MNIST, 1e-5) == pytest.approx(2.597, abs=0.005)
+  cfg = TrainConfig(epochs=60, batch_size=256)
+  # train_model_dp runs epochs * ceil(n / B) = 60 * 235 steps.
+  assert dp.training_epsilon(60000, config=cfg, noise_multiplier=1.12, delta=1e-5) == \
+      dp.epsilon_for(1.12, Q_MNIST, 60 * 235, 1e-5)
+
+
+def test_epsilon_monotone_and_edge_cases():
+  e = lambda s, steps=1000: dp.epsilon_for(s, 0.01, steps, 1e-5)  # noqa: E731
+  assert e(0.8) > e(1.0) > e(2.0)
+  assert e(1.0, 2000) > e(1.0, 1000)
+  assert dp.epsilon_for(0.0, 0.01, 10, 1e-5) == math.inf
+
+
+def test_noise_for_epsilon_inverts_epsilon_for():
+  for target in (1.0,):
+    sigma = dp.noise_for_epsilon(target, Q_MNIST, STEPS_MNIST, 1e-5, tol=1e-2)
+    assert dp.epsilon_for(sigma, Q_MNIST, STEPS_MNIST, 1e-5) <= target
+    assert dp.epsilon_for(sigma - 2e-2, Q_MNIST, STEPS_MNIST, 1e-5) > target
+  eps = dp.epsilon_for(1.3, 0.02, 500, 1e-6)
+  assert dp.noise_for_epsilon(eps, 0.02, 500, 1e-6, tol=1e-3) == pytest.approx(1.3, abs=2e-3)
+
+
+@pytest.mark.parametrize("args, name", [
+    ((-1.0, 0.01, 10, 1e-5), "noise_multiplier"), ((1.0, 0.0, 10, 1e-5), "sampling_rate"),
+    ((1.0, 1.5, 10, 1e-5), "sampling_rate"), ((1.0, 0.01, 0, 1e-5), "steps"),
+    ((1.0, 0.01, 10, 0.0), "delta"), ((1.0, 0.01, 10, 1.0), "delta"),
+])
+def test_accounting_errors(args, name):
+  with pytest.raises(MiaInputError, match=name):
+    dp.epsilon_for(*args)
+
+
+def test_noise_for_epsilon_errors():
+  with pytest.raises(MiaInputError, match="target_epsilon"):
+    dp.noise_for_epsilon(0.0, 0.01, 10, 1e-5)
+  with pytest.raises(MiaInputError, match="target_epsilon"):
+    dp.noise_for_epsilon(-1.0, 0.01, 10, 1e-5)
+  with pytest.raises(MiaInputError, match="delta"):
+    dp.noise_for_epsilon(1.0, 0.01, 10, 2.0)
+
+
+# -- bounds ----------------------------------------------------------------------------------
+
+def test_bounds_at_known_points():
+  ln3, ln2 = math.log(3), math.log(2)
+  b = dp.membership_advantage_bounds(ln3)
+  assert b["tight_advantage"] == pytest.approx(0.5)  # tanh(ln 3 / 2) = (3 - 1) / (3 + 1)
+  assert b["tight_accuracy"] == pytest.approx(0.75)  # 3 / (1 + 3)
+  assert b["yeom_advantage"] == pytest.approx(2.0)  # e^eps - 1
+  assert b["yeom_accuracy"] == pytest.approx(1.5)  # e^eps / 2: vacuous
+  assert dp.yeom_accuracy_bound(ln2) == pytest.approx(1.0)  # vacuous from ln 2 on
+  assert dp.yeom_advantage_bound(ln2) == pytest.approx(1.0)
+  assert dp.tight_advantage_bound(0.0) == 0.0 and dp.tight_accuracy_bound(0.0) == 0.5
+  for eps in (0.1, 0.5, 1.0, 4.0):
+    assert dp.tight_advantage_bound(eps) == pytest.approx(math.tanh(eps / 2))
+    assert dp.tight_accuracy_bound(eps) == pytest.approx(math.exp(eps) / (1 + math.exp(eps)))
+    assert dp.tight_advantage_bound(eps) <= dp.yeom_advantage_bound(eps)
+
+
+def test_tpr_bound_and_delta_versions_agree():
+  ln3 = math.log(3)
+  assert dp.tpr_bound(0.01, ln3, 1e-5) == pytest.approx(0.03 + 1e-5)
+  assert dp.tpr_bound(0.0, ln3, 1e-3) == pytest.approx(1e-3)
+  assert dp.tpr_bound(1.0, ln3) == 1.0
+  assert dp.tpr_bound(0.5, ln3) == pytest.approx(1 - (1 - 0.5) / 3)  # complementary test
+  fpr = np.linspace(0, 1, 200001)
+  for eps, delta in ((ln3, 0.0), (0.7, 0.05), (2.0, 1e-3)):
+    t = dp.tpr_bound(fpr, eps, delta)
+    assert t.shape == fpr.shape and np.all(t >= fpr - 1e-12)
+    # The tight advantage is the largest TPR - FPR over the region.
+    assert np.max(t - fpr) == pytest.approx(dp.tight_advantage_bound(eps, delta), abs=1e-5)
+    assert dp.tight_accuracy_bound(eps, delta) == pytest.approx(
+        (math.exp(eps) + delta) / (1 + math.exp(eps)))
+
+
+@pytest.mark.parametrize("fn", [dp.yeom_advantage_bound, dp.yeom_accuracy_bound,
+                                dp.tight_advantage_bound, dp.tight_accuracy_bound,
+                                dp.membership_advantage_bounds])
+def test_bound_errors(fn):
+  with pytest.raises(MiaInputError, match="epsilon"):
+    fn(-0.1)
+  with pytest.raises(MiaInputError, match="delta"):
+    fn(1.0, 1.0)
+  with pytest.raises(MiaInputError, match="delta"):
+    fn(1.0, -0.1)
+
+
+def test_tpr_bound_errors():
+  with pytest.raises(MiaInputError, match="fpr"):
+    dp.tpr_bound(1.5, 1.0)
+  with pytest.raises(MiaInputError, match="fpr"):
+    dp.tpr_bound([0.1, np.nan], 1.0)
+  with pytest.raises(MiaInputError, match="epsilon"):
+    dp.tpr_bound(0.1, float("nan"))
