@@ -1,32 +1,56 @@
-"""Explicit microbatching: bounded memory for any per-batch function."""
+"""Explicit microbatching: bounded memory for any per-batch function.
+
+The examples are cut into chunks of ``microbatch_size`` on the host and one compiled
+function is called per chunk (the last chunk is padded, so there is one compilation).
+Calls are dispatched asynchronously; outputs stay on the device until the end.
+
+Why a host loop and not ``lax.map`` inside one jit: on XLA:CPU a convolution's backward
+pass inside a while-loop body runs several times slower than the same computation as a
+top-level jitted call (measured in bench/RESULTS.md), and on accelerators the per-chunk
+dispatch cost is negligible for chunks of hundreds of examples.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mia_jax._validation import check_positive_int
 
 
-def microbatched(fn: Callable, microbatch_size: int) -> Callable:
-  """Wraps ``fn(*arrays[b, ...]) -> pytree of [b, ...]`` to run in chunks of
-  ``microbatch_size`` examples with ``lax.map`` (one compiled body, sequential chunks),
-  padding the last chunk and dropping the padding from the outputs.
+def on_cpu() -> bool:
+  """Whether the default backend is the CPU (loops are unrolled or run from the host)."""
+  return jax.default_backend() == "cpu"
 
-  Peak memory is that of ``fn`` on ``microbatch_size`` examples, whatever N is.
+
+def run_microbatched(fn: Callable, arrays: Sequence[np.ndarray], microbatch_size: int, *,
+                     out_axis: int = 0):
+  """Applies ``fn(*chunks)`` to consecutive chunks of ``arrays`` (leading axis N).
+
+  Args:
+    fn: a (jitted) function of chunks ``[b, ...]`` returning a pytree whose leaves have the
+      example axis at ``out_axis`` (1 when ``fn`` is vmapped over stacked models).
+    arrays: host or device arrays with the same leading size N.
+    microbatch_size: examples per call; peak memory is that of ``fn`` on this many.
+    out_axis: the example axis of the outputs.
+  Returns:
+    The outputs for all N examples, concatenated along ``out_axis`` (device arrays).
   """
   check_positive_int(microbatch_size, "microbatch_size")
-
-  def wrapped(*arrays):
-    n = arrays[0].shape[0]
-    mb = min(microbatch_size, n)
-    pad = (-n) % mb
-    chunks = tuple(
-        jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape((-1, mb) + a.shape[1:])
-        for a in arrays)
-    out = jax.lax.map(lambda c: fn(*c), chunks)
-    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
-
-  return wrapped
+  n = int(arrays[0].shape[0])
+  mb = max(1, min(microbatch_size, n))
+  outs = []
+  for start in range(0, n, mb):
+    chunk = [a[start:start + mb] for a in arrays]
+    real = int(chunk[0].shape[0])
+    if real < mb:
+      chunk = [np.concatenate([np.asarray(c), np.repeat(np.asarray(c)[-1:], mb - real, axis=0)])
+               for c in chunk]
+    out = fn(*chunk)
+    if real < mb:
+      out = jax.tree.map(lambda o: jax.lax.slice_in_dim(o, 0, real, axis=out_axis), out)
+    outs.append(out)
+  return jax.tree.map(lambda *o: jnp.concatenate(o, axis=out_axis), *outs)

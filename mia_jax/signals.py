@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mia_jax._batching import microbatched
+from mia_jax._batching import run_microbatched
 from mia_jax._validation import MiaInputError
 from mia_jax.models.base import LayeredModel, Variables, num_stacked
 
@@ -57,8 +57,11 @@ def modified_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   p = jnp.exp(logp)
   mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
   p_y, logp_y = _take(p, y), _take(logp, y)
-  # log(1 - p) for the wrong classes; log1p is accurate for small p.
-  log1m = jnp.log1p(-jnp.minimum(p, 1.0 - 1e-7))
+  # log(1 - p_k) = logsumexp_{j != k} log p_j: exact even when p_k rounds to 1 (a
+  # confidently wrong prediction), where log1p(-p_k) would saturate. O(K^2) per example.
+  k = logits.shape[-1]
+  off = jnp.where(jnp.eye(k, dtype=bool), -jnp.inf, logp[..., None, :])
+  log1m = jax.nn.logsumexp(off, axis=-1)
   wrong = jnp.sum(jnp.where(mask, 0.0, p * log1m), axis=-1)
   return -(1.0 - p_y) * logp_y - wrong
 
@@ -89,22 +92,17 @@ def check_stacked(variables: Variables, stacked: bool, name: str = "variables") 
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_logits(model: LayeredModel, microbatch_size: int, stacked: bool):
-  def one_model(variables, x):
-    return microbatched(lambda xb: model.apply(variables, xb), microbatch_size)(x)
-  fn = jax.vmap(one_model, in_axes=(0, None)) if stacked else one_model
-  return jax.jit(fn)
+def _compiled_logits(model: LayeredModel, stacked: bool):
+  fn = model.apply
+  return jax.jit(jax.vmap(fn, in_axes=(0, None)) if stacked else fn)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_signals(model: LayeredModel, microbatch_size: int, stacked: bool):
-  def one_model(variables, x, y):
-    def batch(xb, yb):
-      logits = model.apply(variables, xb)
-      return {"logits": logits, **signals_from_logits(logits, yb)}
-    return microbatched(batch, microbatch_size)(x, y)
-  fn = jax.vmap(one_model, in_axes=(0, None, None)) if stacked else one_model
-  return jax.jit(fn)
+def _compiled_signals(model: LayeredModel, stacked: bool):
+  def batch(variables, xb, yb):
+    logits = model.apply(variables, xb)
+    return {"logits": logits, **signals_from_logits(logits, yb)}
+  return jax.jit(jax.vmap(batch, in_axes=(0, None, None)) if stacked else batch)
 
 
 def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_size: int = 1024,
@@ -112,7 +110,10 @@ def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_s
   """Logits float[N, K], or float[M, N, K] for M stacked models."""
   x, _ = model.check_inputs(x)
   check_stacked(variables, stacked)
-  return np.asarray(_compiled_logits(model, int(microbatch_size), stacked)(variables, x))
+  fn = _compiled_logits(model, stacked)
+  out = run_microbatched(lambda xb: fn(variables, xb), [x], microbatch_size,
+                         out_axis=1 if stacked else 0)
+  return np.asarray(out)
 
 
 def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
@@ -131,5 +132,7 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
   """
   x, y = model.check_inputs(x, y)
   check_stacked(variables, stacked)
-  out = _compiled_signals(model, int(microbatch_size), stacked)(variables, x, y)
+  fn = _compiled_signals(model, stacked)
+  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
+                         out_axis=1 if stacked else 0)
   return {k: np.asarray(v) for k, v in out.items()}

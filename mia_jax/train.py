@@ -1,7 +1,7 @@
 """Training with optax: one model, or M models at once with params stacked on axis 0.
 
-Both paths share one per-model epoch function (a ``lax.scan`` over steps); the stacked
-path ``vmap``s it over the model axis. Each model sees only its own examples (a row of
+Both paths share one per-model step function; the stacked path ``vmap``s it over the model
+axis (an epoch is a ``lax.scan`` of steps on accelerators, a host loop on the CPU). Each model sees only its own examples (a row of
 ``keep``) in its own shuffled order, drawn on the host with
 ``np.random.default_rng(seed)``. Batches are index arrays into the training set, which
 stays on the device; a batch of a model that has fewer examples than the largest model
@@ -15,6 +15,7 @@ Seeds: model ``m`` of a stack trained with ``seed=s`` uses seed ``(s, m)``;
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mia_jax._batching import on_cpu
 from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
                                  check_labels, check_positive_int)
 from mia_jax.models.base import LayeredModel, Variables
@@ -105,12 +107,60 @@ def _steps(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
 
 
-def _make_epoch_fn(model: LayeredModel, config: TrainConfig) -> Callable:
-  """Per-model epoch: (state, x, y, idx[T,B], w[T,B], key) -> (state, mean loss)."""
+@functools.lru_cache(maxsize=64)
+def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool):
+  """The compiled epoch, cached per model, recipe and mode so that repeated training
+  (shadow models, proxies, tests) compiles once per input shape.
+
+  Returns ``(run, tx)`` with ``run(params, other, opt_state, key, x, y, idx, w) ->
+  (params, other, opt_state, mean_loss)``; ``idx``/``w`` are [T, B] (or [M, T, B]).
+  On accelerators the T steps are one ``lax.scan`` inside one jit; on the CPU the jitted
+  step is called T times from the host, because XLA:CPU runs convolution backward passes
+  inside a loop body several times slower (see mia_jax/_batching.py). Both run the same
+  step function, so the results are the same.
+  """
+  step, tx = _make_step_fn(model, config)
+  axes = (0, 0, 0, 0, None, None, 0, 0, None)
+  if not on_cpu():
+    def epoch(params, other, opt_state, key, x_all, y_all, idx, w):
+      def body(carry, batch):
+        idx_b, wb, t = batch
+        *carry, loss, count = step(*carry, key, x_all, y_all, idx_b, wb, t)
+        return tuple(carry), (loss, count)
+      t = jnp.arange(idx.shape[0])
+      (params, other, opt_state), (losses, counts) = jax.lax.scan(
+          body, (params, other, opt_state), (idx, w, t))
+      return params, other, opt_state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1.0)
+    return jax.jit(jax.vmap(epoch, in_axes=axes[:8]) if stacked else epoch), tx
+
+  step_jit = jax.jit(jax.vmap(step, in_axes=axes) if stacked else step)
+
+  def run(params, other, opt_state, key, x_all, y_all, idx, w):
+    losses, counts = [], []
+    for t in range(idx.shape[-2]):
+      params, other, opt_state, loss, count = step_jit(
+          params, other, opt_state, key, x_all, y_all, idx[..., t, :], w[..., t, :], t)
+      losses.append(loss)
+      counts.append(count)
+    losses, counts = jnp.stack(losses, -1), jnp.stack(counts, -1)
+    return params, other, opt_state, jnp.sum(losses * counts, -1) / jnp.maximum(jnp.sum(counts, -1), 1.0)
+
+  return run, tx
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(model: LayeredModel, stacked: bool):
+  return jax.jit(jax.vmap(model.init) if stacked else model.init)
+
+
+def _make_step_fn(model: LayeredModel, config: TrainConfig):
+  """One optimizer step of one model on the batch ``x_all[idx_b]`` with weights ``wb``:
+  (params, other, opt_state, key, x_all, y_all, idx_b, wb, t) ->
+  (params, other, opt_state, loss, number of real examples)."""
   tx = config.optimizer_fn()
 
   def loss_fn(params, other, xb, yb, wb, key):
-    logits, new_other = model.apply_train({"params": params, **other}, xb, key)
+    logits, new_other = model.apply_train({"params": params, **other}, xb, key, mask=wb > 0)
     per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     loss = jnp.sum(per_ex * wb) / jnp.maximum(jnp.sum(wb), 1.0)
     if config.weight_decay > 0:
@@ -118,27 +168,19 @@ def _make_epoch_fn(model: LayeredModel, config: TrainConfig) -> Callable:
       loss = loss + 0.5 * config.weight_decay * l2
     return loss, new_other
 
-  def epoch(params, other, opt_state, key, x_all, y_all, idx, w):
-    def step(carry, batch):
-      params, other, opt_state = carry
-      idx_b, wb, t = batch
-      (loss, new_other), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, other, x_all[idx_b], y_all[idx_b], wb, jax.random.fold_in(key, t))
-      updates, new_opt = tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      # A step with no real example (padding for a model with fewer examples) is a no-op.
-      has_data = jnp.sum(wb) > 0
-      new = (new_params, {**other, **new_other}, new_opt)
-      carry = jax.tree.map(lambda a, b: jnp.where(has_data, a, b), new, carry)
-      return carry, (loss, jnp.sum(wb))
+  def step(params, other, opt_state, key, x_all, y_all, idx_b, wb, t):
+    (loss, new_other), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, other, x_all[idx_b], y_all[idx_b], wb, jax.random.fold_in(key, t))
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # A step with no real example (padding for a model with fewer examples) is a no-op.
+    has_data = jnp.sum(wb) > 0
+    new = (new_params, {**other, **new_other}, new_opt)
+    params, other, opt_state = jax.tree.map(
+        lambda a, b: jnp.where(has_data, a, b), new, (params, other, opt_state))
+    return params, other, opt_state, loss, jnp.sum(wb)
 
-    t = jnp.arange(idx.shape[0])
-    (params, other, opt_state), (losses, counts) = jax.lax.scan(
-        step, (params, other, opt_state), (idx, w, t))
-    mean_loss = jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1.0)
-    return params, other, opt_state, mean_loss
-
-  return epoch, tx
+  return step, tx
 
 
 class TrainResult(NamedTuple):
@@ -219,21 +261,20 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
 
 def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked):
   m_count = keep.shape[0]
-  epoch_fn, tx = _make_epoch_fn(model, config)
+  run, tx = _compiled_epoch(model, config, stacked)
   keys = [jax_key(s) for s in seeds]
   if init_variables is None:
-    inits = [model.init(jax.random.fold_in(k, 0)) for k in keys]
-    variables = jax.tree.map(lambda *a: jnp.stack(a), *inits) if stacked else inits[0]
+    init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in keys])
+    variables = (_compiled_init(model, stacked)(init_keys) if stacked
+                 else _compiled_init(model, stacked)(init_keys[0]))
   else:
     variables = init_variables
   params = variables["params"]
   other = {c: t for c, t in variables.items() if c != "params"}
   if stacked:
     opt_state = jax.vmap(tx.init)(params)
-    run = jax.jit(jax.vmap(epoch_fn, in_axes=(0, 0, 0, 0, None, None, 0, 0)))
   else:
     opt_state = tx.init(params)
-    run = jax.jit(epoch_fn)
   rngs = [np.random.default_rng(s) for s in seeds]
   members = [np.flatnonzero(keep[m]) for m in range(m_count)]
   num_steps = max(_steps(len(idx), config.batch_size) for idx in members)
@@ -316,6 +357,12 @@ def load_variables(path: str | os.PathLike, *, like: Variables | None = None) ->
       variables = ckpt.restore(state)
   except (ValueError, KeyError) as e:
     raise MiaInputError(f"path: checkpoint {path} does not match the expected structure: {e}") from e
+  if like is not None:
+    for (kp, want), got in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(variables)):
+      if tuple(np.shape(want)) != tuple(np.shape(got)):
+        raise MiaInputError(
+            f"path: checkpoint {path} has shape {tuple(np.shape(got))} at "
+            f"{jax.tree_util.keystr(kp)}, expected {tuple(np.shape(want))}")
   meta_path = os.path.join(path, "metadata.json")
   metadata = {}
   if os.path.exists(meta_path):

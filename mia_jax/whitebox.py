@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mia_jax._batching import microbatched
+from mia_jax._batching import on_cpu, run_microbatched
 from mia_jax._validation import MiaInputError, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
 
@@ -75,7 +75,8 @@ def upper_rows(model: LayeredModel, variables: Variables, h: jax.Array, y: jax.A
   def step(acc, t):
     return acc + grad(t * h), None
 
-  total, _ = jax.lax.scan(step, jnp.zeros_like(h), ts)
+  # Unrolled on the CPU, where a loop body with a convolution's backward pass is slow.
+  total, _ = jax.lax.scan(step, jnp.zeros_like(h), ts, unroll=path_steps if on_cpu() else 1)
   return total / path_steps
 
 
@@ -121,13 +122,9 @@ def _rows_fn(model, layers, path_steps, centered):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_rows(model, layers, path_steps, centered, microbatch_size, stacked):
+def _compiled_rows(model, layers, path_steps, centered, stacked):
   rows = _rows_fn(model, layers, path_steps, centered)
-
-  def one(variables, x, y):
-    return microbatched(lambda xb, yb: rows(variables, xb, yb), microbatch_size)(x, y)
-
-  return jax.jit(jax.vmap(one, in_axes=(0, None, None)) if stacked else one)
+  return jax.jit(jax.vmap(rows, in_axes=(0, None, None)) if stacked else rows)
 
 
 def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Sequence[str],
@@ -150,17 +147,18 @@ def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Se
   if path_steps < 0:
     raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
   check_positive_int(microbatch_size, "microbatch_size")
-  fn = _compiled_rows(model, layers, int(path_steps), bool(centered), int(microbatch_size),
-                      bool(stacked))
-  return {k: np.asarray(v) for k, v in fn(variables, x, y).items()}
+  fn = _compiled_rows(model, layers, int(path_steps), bool(centered), bool(stacked))
+  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
+                         out_axis=1 if stacked else 0)
+  return {k: np.asarray(v) for k, v in out.items()}
 
 
 # -- features -----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=32)
-def _compiled_features(model, layer, microbatch_size, stacked):
+def _compiled_features(model, layer, stacked):
   def one(variables, x):
-    return microbatched(lambda xb: model.h(variables, xb, layer), microbatch_size)(x)
+    return model.h(variables, x, layer)
   return jax.jit(jax.vmap(one, in_axes=(0, None)) if stacked else one)
 
 
@@ -169,7 +167,9 @@ def layer_features(model: LayeredModel, variables: Variables, x, layer: str, *,
   """h_layer(x) for all examples: float[(M,) N, *layer_shape]."""
   x, _ = model.check_inputs(x)
   model.check_layers([layer])
-  return np.asarray(_compiled_features(model, layer, int(microbatch_size), bool(stacked))(variables, x))
+  fn = _compiled_features(model, layer, bool(stacked))
+  return np.asarray(run_microbatched(lambda xb: fn(variables, xb), [x], microbatch_size,
+                                     out_axis=1 if stacked else 0))
 
 
 def class_means(features, y, num_classes: int) -> np.ndarray:
@@ -206,14 +206,9 @@ def _scores_one_target(model, layers, path_steps, centered):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_scores(model, layers, path_steps, centered, microbatch_size, stacked):
+def _compiled_scores(model, layers, path_steps, centered, stacked):
   per_batch = _scores_one_target(model, layers, path_steps, centered)
-
-  def one(target_vars, proxies, means, x, y):
-    return microbatched(lambda xb, yb: per_batch(target_vars, proxies, means, xb, yb),
-                        microbatch_size)(x, y)
-
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None)) if stacked else one)
+  return jax.jit(jax.vmap(per_batch, in_axes=(0, 0, 0, None, None)) if stacked else per_batch)
 
 
 def _check_proxy(model: LayeredModel, target_variables, proxy_variables, layer: str,
@@ -265,8 +260,9 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
   lead = 1 if stacked else 0
   for l in layers:
     _check_proxy(model, target_variables, proxy_variables[l], l, lead)
-  fn = _compiled_scores(model, layers, int(path_steps), bool(centered), int(microbatch_size),
-                        bool(stacked))
+  fn = _compiled_scores(model, layers, int(path_steps), bool(centered), bool(stacked))
   means = {l: jnp.asarray(means[l]) for l in layers}
   proxies = {l: proxy_variables[l] for l in layers}
-  return {k: np.asarray(v) for k, v in fn(target_variables, proxies, means, x, y).items()}
+  out = run_microbatched(lambda xb, yb: fn(target_variables, proxies, means, xb, yb), [x, y],
+                         microbatch_size, out_axis=1 if stacked else 0)
+  return {k: np.asarray(v) for k, v in out.items()}

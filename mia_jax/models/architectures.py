@@ -10,8 +10,9 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
-from mia_jax._validation import MiaInputError, check_positive_int
+from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -26,11 +27,24 @@ def _activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
+def _bn_mask(mask, a):
+  """Per-example mask [B] -> BatchNorm's mask broadcast to ``a`` (None: all rows real).
+
+  In training, batches padded with zero-weight rows must not enter batch statistics."""
+  if mask is None:
+    return None
+  return jnp.broadcast_to(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a.shape)
+
+
+def _check_dropout(dropout) -> float:
+  return check_in_range(dropout, "dropout", 0.0, 1.0, high_open=True)
+
+
 class Flatten(nn.Module):
   """Flattens per-example features (keeps the batch axis)."""
 
   @nn.compact
-  def __call__(self, h, train: bool = False):
+  def __call__(self, h, train: bool = False, mask=None):
     return h.reshape((h.shape[0], -1))
 
 
@@ -41,7 +55,7 @@ class Dense(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, h, train: bool = False):
+  def __call__(self, h, train: bool = False, mask=None):
     h = h.reshape((h.shape[0], -1))
     h = nn.Dense(self.features)(h)
     if self.activation is not None:
@@ -58,7 +72,7 @@ class ConvStage(nn.Module):
   pool: bool = False
 
   @nn.compact
-  def __call__(self, h, train: bool = False):
+  def __call__(self, h, train: bool = False, mask=None):
     h = nn.Conv(self.features, (3, 3), padding="SAME")(h)
     h = _activation(self.activation)(h)
     if self.pool:
@@ -70,9 +84,9 @@ class ResStem(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, h, train: bool = False):
+  def __call__(self, h, train: bool = False, mask=None):
     h = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(h)
-    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h, mask=_bn_mask(mask, h))
     return nn.relu(h)
 
 
@@ -82,21 +96,22 @@ class ResBlock(nn.Module):
   stride: int = 1
 
   @nn.compact
-  def __call__(self, h, train: bool = False):
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+  def __call__(self, h, train: bool = False, mask=None):
+    def bn(a):
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9)(a, mask=_bn_mask(mask, a))
     r = nn.Conv(self.features, (3, 3), strides=self.stride, padding="SAME", use_bias=False)(h)
-    r = nn.relu(bn()(r))
+    r = nn.relu(bn(r))
     r = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(r)
-    r = bn()(r)
+    r = bn(r)
     if self.stride != 1 or h.shape[-1] != self.features:
       h = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False)(h)
-      h = bn()(h)
+      h = bn(h)
     return nn.relu(h + r)
 
 
 class GlobalAvgPool(nn.Module):
   @nn.compact
-  def __call__(self, h, train: bool = False):
+  def __call__(self, h, train: bool = False, mask=None):
     return jnp.mean(h, axis=(1, 2))
 
 
@@ -112,6 +127,7 @@ def mlp(*, input_shape: Sequence[int], num_classes: int, widths: Sequence[int] =
         activation: str = "relu", dropout: float = 0.0) -> LayeredModel:
   """MLP; hidden layers are named ``dense_0``, ``dense_1``, ... (post-activation)."""
   _activation(activation)
+  _check_dropout(dropout)
   widths = tuple(check_positive_int(w, "widths") for w in widths)
   stages = tuple((f"dense_{i}", Dense(w, activation, dropout)) for i, w in enumerate(widths))
   stages += (("logits", Dense(num_classes)),)
@@ -129,7 +145,12 @@ def small_cnn(*, input_shape: Sequence[int], num_classes: int, channels: Sequenc
   if len(input_shape) != 3:
     raise MiaInputError(
         f"input_shape: small_cnn expects images [H, W, C], got {tuple(input_shape)}")
+  _activation(activation)
+  _check_dropout(dropout)
+  check_positive_int(hidden, "hidden")
   chans = tuple(check_positive_int(c, "channels") for c in channels)
+  if not chans:
+    raise MiaInputError("channels: expected at least one convolution width")
   stages = tuple(
       (f"conv_{i}", ConvStage(c, activation, pool=(i == len(chans) - 1)))
       for i, c in enumerate(chans))
@@ -151,6 +172,8 @@ def resnet(*, input_shape: Sequence[int], num_classes: int,
   if len(input_shape) != 3:
     raise MiaInputError(f"input_shape: resnet expects images [H, W, C], got {tuple(input_shape)}")
   widths = tuple(check_positive_int(w, "widths") for w in widths)
+  if not widths:
+    raise MiaInputError("widths: resnet expects at least one block width")
   stages = (("stem", ResStem(widths[0])),)
   stages += tuple(
       (f"block_{i}", ResBlock(w, stride=1 if i == 0 else 2)) for i, w in enumerate(widths))
@@ -170,6 +193,9 @@ def make_model(name: str, *, input_shape: Sequence[int], num_classes: int, **opt
   if name not in MODELS:
     raise MiaInputError(f"model: unknown model {name!r}; expected one of {sorted(MODELS)}")
   check_positive_int(num_classes, "num_classes", minimum=2)
+  input_shape = tuple(input_shape)
+  if not input_shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
+    raise MiaInputError(f"input_shape: expected positive integer dimensions, got {input_shape}")
   try:
     return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
   except TypeError as e:

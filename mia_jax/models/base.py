@@ -93,7 +93,17 @@ class LayeredModel:
         num_classes=self.num_classes, spec={**self.spec, "_range": (start, stop)})
 
   def upper(self, layer: str) -> "LayeredModel":
-    """The stages above ``layer`` as a model whose input is ``h_layer``."""
+    """The stages above ``layer`` as a model whose input is ``h_layer``.
+
+    The same object is returned for the same layer, so compiled functions cached per model
+    (training epochs, signal passes) are reused across calls.
+    """
+    cache = self.__dict__.setdefault("_upper_cache", {})
+    if layer not in cache:
+      cache[layer] = self._make_upper(layer)
+    return cache[layer]
+
+  def _make_upper(self, layer: str) -> "LayeredModel":
     i = self._index(layer)
     if i == len(self.stages):
       raise MiaInputError(f"layer: {layer!r} is the logits; there is no upper part above it")
@@ -149,8 +159,13 @@ class LayeredModel:
     """Logits float[B, K] in eval mode."""
     return self._run(variables, x, 0, None)
 
-  def apply_train(self, variables: Variables, x: jax.Array, dropout_key: jax.Array):
-    """Training-mode forward: returns (logits, updated non-param collections)."""
+  def apply_train(self, variables: Variables, x: jax.Array, dropout_key: jax.Array,
+                  mask: jax.Array | None = None):
+    """Training-mode forward: returns (logits, updated non-param collections).
+
+    ``mask`` (bool[B]) marks the real rows of a padded batch; padding rows are left out of
+    BatchNorm's batch statistics.
+    """
     h = x
     new_state: dict[str, dict[str, Any]] = {}
     for i, (name, module) in enumerate(self.stages):
@@ -158,11 +173,11 @@ class LayeredModel:
       mutable = [c for c in v if c != "params"]
       rngs = {"dropout": jax.random.fold_in(dropout_key, i)}
       if mutable:
-        h, upd = module.apply(v, h, train=True, rngs=rngs, mutable=mutable)
+        h, upd = module.apply(v, h, train=True, rngs=rngs, mutable=mutable, mask=mask)
         for col, tree in upd.items():
           new_state.setdefault(col, {})[name] = tree
       else:
-        h = module.apply(v, h, train=True, rngs=rngs)
+        h = module.apply(v, h, train=True, rngs=rngs, mask=mask)
     return h, new_state
 
   def h(self, variables: Variables, x: jax.Array, layer: str) -> jax.Array:
