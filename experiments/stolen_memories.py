@@ -40,9 +40,10 @@ SUITES = {
                                   model_options={"widths": [512, 512]}, target_size=2000,
                                   epochs=60, batch_size=64, learning_rate=1e-3),
         # Well-generalized MLP: generalization gap near 1%.
+        # (one epoch on 20000 members: train ~96%, test ~95%.)
         "mnist_mlp_gap1": dict(dataset=_npz("mnist.npz"), model="mlp",
-                               model_options={"widths": [512, 512]}, target_size=15000,
-                               epochs=8, batch_size=128, learning_rate=1e-3),
+                               model_options={"widths": [512, 512]}, target_size=20000,
+                               epochs=1, batch_size=128, learning_rate=1e-3),
         "mnist_cnn": dict(dataset=_npz("mnist.npz"), model="small_cnn",
                           model_options={"channels": [16, 32], "hidden": 128},
                           target_size=2000, epochs=40, batch_size=64, learning_rate=1e-3),
@@ -93,12 +94,16 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   runs = SUITES[args.suite]
-  if args.only:
-    runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
+  selected = set(args.only.split(",")) if args.only else set(runs)
   results = {}
   for name, kwargs in runs.items():
     out = os.path.join(args.out, args.suite, name)
     done = os.path.join(out, "results.json")
+    if name not in selected:  # not run now; its finished results still go in the table
+      if os.path.exists(done):
+        with open(done) as f:
+          results[name] = json.load(f)
+      continue
     if os.path.exists(done):  # resume: finished runs are kept
       with open(done) as f:
         results[name] = json.load(f)
