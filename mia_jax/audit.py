@@ -26,8 +26,10 @@ from mia_jax._validation import MiaInputError, check_in_range, check_positive_in
 
 SCHEMA_VERSION = 1
 BLACKBOX_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
+REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
+SHADOW_ATTACKS = ("shokri",)
 WHITEBOX_ATTACKS = ("stolen-memories",)
-ALL_ATTACKS = BLACKBOX_ATTACKS + WHITEBOX_ATTACKS
+ALL_ATTACKS = BLACKBOX_ATTACKS + REFERENCE_ATTACKS + SHADOW_ATTACKS + WHITEBOX_ATTACKS
 DEFAULT_ATTACKS = ALL_ATTACKS
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 
@@ -52,6 +54,10 @@ class AuditConfig:
     whitebox_setting: "shadow" or "nonmember" (see :mod:`mia_jax.attacks.meta`).
     target_precision: precision the white-box threshold is calibrated for.
     target_fpr: FPR the threshold is calibrated for in the non-member setting.
+    num_reference: reference models for LiRA / RMIA (even; each candidate and auxiliary
+      example is IN for exactly half of them).
+    num_shadow: shadow models for Shokri et al. (trained on the auxiliary data only).
+    rmia_offline_a: the offline RMIA constant ``a`` in P_IN ~ a P_OUT + (1 - a).
     seed: fixes the split, all training and all attacks.
     microbatch_size: examples per compiled chunk in signal passes.
   """
@@ -72,6 +78,9 @@ class AuditConfig:
   whitebox_setting: str = "shadow"
   target_precision: float = 0.9
   target_fpr: float = 0.01
+  num_reference: int = 16
+  num_shadow: int = 4
+  rmia_offline_a: float = 0.3
   seed: int = 0
   microbatch_size: int = 512
 
@@ -89,6 +98,11 @@ class AuditConfig:
       raise MiaInputError(
           f"whitebox_setting: expected 'shadow' or 'nonmember', got {self.whitebox_setting!r}")
     check_positive_int(self.microbatch_size, "microbatch_size")
+    check_positive_int(self.num_reference, "num_reference", minimum=2)
+    if self.num_reference % 2:
+      raise MiaInputError(f"num_reference: expected an even number >= 2, got {self.num_reference}")
+    check_positive_int(self.num_shadow, "num_shadow")
+    check_in_range(self.rmia_offline_a, "rmia_offline_a", 0, 1)
     self.train_config()  # validates the recipe
 
   def train_config(self):
@@ -165,6 +179,31 @@ class _Stages:
     return out
 
 
+def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
+  """Shadow model m trains on a random half of the auxiliary data (at most ``size``
+  examples, the target's training-set size); the rest are its known non-members."""
+  rng = np.random.default_rng(seed)
+  keep = np.zeros((num_models, n), bool)
+  k = min(size, n // 2)
+  for m in range(num_models):
+    keep[m, rng.choice(n, k, replace=False)] = True
+  return keep
+
+
+def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log):
+  """Trains M models at once, or reloads them from ``path`` when a run is resumed."""
+  import jax
+  from mia_jax.train import load_variables, save_variables, train_models
+  if os.path.isdir(path):
+    like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), keep.shape[0]))
+    log(f"resuming: reusing {description} from {path}")
+    return load_variables(path, like=like)[0]
+  res = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
+                     description=description)
+  save_variables(path, res.variables, metadata={"model": dict(model.spec), "keep": keep.tolist()})
+  return res.variables
+
+
 def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, progress=None,
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
   """Runs an audit and writes results into ``out_dir`` (see module docstring).
@@ -191,7 +230,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
     raise MiaInputError(f"out: {out_dir} holds a finished run; pass --overwrite to replace it")
   if overwrite and os.path.isdir(out_dir):
     import shutil
-    for name in ("results.json", "scores.npz", "target", "config.json"):
+    for name in ("results.json", "scores.npz", "target", "reference", "shadow", "config.json"):
       p = os.path.join(out_dir, name)
       if os.path.isdir(p):
         shutil.rmtree(p)
@@ -245,6 +284,61 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   for name, s in threshold_scores(bb, bb_names).items():
     scores[name] = s
     attacks_out[name] = summarize(s, is_member, REPORT_FPRS)
+
+  ref_attacks = [a for a in config.attacks if a in REFERENCE_ATTACKS]
+  if ref_attacks:
+    from mia_jax.attacks import lira, rmia
+    from mia_jax.data import keep_matrix
+    # LiRA's setup: reference models on random halves of the candidates (members and
+    # non-members of the target), each candidate IN for exactly half of them, so every
+    # reference model trains on as many examples as the target. The auxiliary data is
+    # RMIA's population z (OUT for every reference model).
+    keep = keep_matrix(config.num_reference, eval_idx.size, seed=config.seed + 17)
+    refs = stages.run("reference_models", lambda: _stacked_models(
+        os.path.join(out_dir, "reference"), model, x[eval_idx], y[eval_idx], keep, tcfg,
+        config.seed + 1, progress, "reference models", log))
+    pool = np.concatenate([eval_idx, split.auxiliary])
+    ref_sig = stages.run("reference_signals", lambda: blackbox_signals(
+        model, refs, x[pool], y[pool], microbatch_size=config.microbatch_size, stacked=True))
+    ne = eval_idx.size
+    tgt_z = blackbox_signals(model, target, x[split.auxiliary], y[split.auxiliary],
+                             microbatch_size=config.microbatch_size)["confidence"]
+    sl, conf = ref_sig["scaled_logit"], ref_sig["confidence"]
+    runs = {
+        "lira": lambda: lira.lira_online(bb["scaled_logit"], sl[:, :ne], keep),
+        "lira-offline": lambda: lira.lira_offline(bb["scaled_logit"], sl[:, :ne], keep),
+        "lira-fixed-variance": lambda: lira.lira_online(
+            bb["scaled_logit"], sl[:, :ne], keep, fix_variance=True),
+        "rmia": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
+                                         keep=keep),
+        "rmia-offline": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
+                                                 keep=keep, offline_a=config.rmia_offline_a),
+    }
+    for name in ref_attacks:
+      scores[name] = np.asarray(stages.run(name, runs[name]), np.float64)
+      attacks_out[name] = summarize(scores[name], is_member, REPORT_FPRS)
+      attacks_out[name]["num_reference"] = config.num_reference
+
+  if "shokri" in config.attacks:
+    from mia_jax.attacks import shokri
+    from mia_jax.data import keep_matrix
+    aux = split.auxiliary
+    skeep = _shadow_keep(config.num_shadow, aux.size, n_target, config.seed + 23)
+    shadows = stages.run("shadow_models", lambda: _stacked_models(
+        os.path.join(out_dir, "shadow"), model, x[aux], y[aux], skeep, tcfg, config.seed + 2,
+        progress, "shadow models", log))
+
+    def run_shokri():
+      probs = shokri.predict_probs(model, shadows, x[aux], stacked=True,
+                                   microbatch_size=config.microbatch_size)
+      state = shokri.fit_shokri(probs, y[aux], skeep, per_class=True, seed=config.seed)
+      target_probs = shokri.predict_probs(model, target, x[eval_idx],
+                                          microbatch_size=config.microbatch_size)
+      return np.asarray(shokri.score_shokri(state, target_probs, y[eval_idx]), np.float64)
+
+    scores["shokri"] = stages.run("shokri", run_shokri)
+    attacks_out["shokri"] = summarize(scores["shokri"], is_member, REPORT_FPRS)
+    attacks_out["shokri"]["num_shadow"] = config.num_shadow
 
   if "stolen-memories" in config.attacks:
     smc = sm.StolenMemoriesConfig(layers=config.layers, num_proxies=config.num_proxies,

@@ -84,6 +84,12 @@ def _add_audit_parser(sub) -> argparse.ArgumentParser:
                  help="precision the white-box threshold is calibrated for (shadow setting)")
   p.add_argument("--target-fpr", type=float, default=d.target_fpr,
                  help="FPR the white-box threshold is calibrated for (non-member setting)")
+  p.add_argument("--num-reference", type=int, default=d.num_reference,
+                 help="reference models for LiRA/RMIA (even; trained at once)")
+  p.add_argument("--num-shadow", type=int, default=d.num_shadow,
+                 help="shadow models for the Shokri et al. attack (trained at once)")
+  p.add_argument("--rmia-offline-a", type=float, default=d.rmia_offline_a,
+                 help="offline RMIA's a in P_IN ~ a P_OUT + (1 - a)")
   p.add_argument("--seed", type=int, default=d.seed)
   p.add_argument("--microbatch-size", type=int, default=d.microbatch_size,
                  help="examples per compiled chunk in signal passes (memory bound)")
@@ -100,7 +106,9 @@ def _audit_config(args) -> "Any":
       epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay,
       attacks=attacks, layers=args.layers, num_proxies=args.num_proxies,
       path_steps=args.path_steps, whitebox_setting=args.whitebox_setting,
-      target_precision=args.target_precision, target_fpr=args.target_fpr, seed=args.seed,
+      target_precision=args.target_precision, target_fpr=args.target_fpr,
+      num_reference=args.num_reference, num_shadow=args.num_shadow,
+      rmia_offline_a=args.rmia_offline_a, seed=args.seed,
       microbatch_size=args.microbatch_size)
 
 
