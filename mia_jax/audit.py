@@ -190,7 +190,8 @@ def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
   return keep
 
 
-def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log):
+def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log,
+                    checkpoint_dir=None):
   """Trains M models at once, or reloads them from ``path`` when a run is resumed."""
   import jax
   from mia_jax.train import load_variables, save_variables, train_models
@@ -199,7 +200,7 @@ def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, 
     log(f"resuming: reusing {description} from {path}")
     return load_variables(path, like=like)[0]
   res = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
-                     description=description)
+                     description=description, checkpoint_dir=checkpoint_dir)
   save_variables(path, res.variables, metadata={"model": dict(model.spec), "keep": keep.tolist()})
   return res.variables
 
@@ -230,14 +231,26 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
     raise MiaInputError(f"out: {out_dir} holds a finished run; pass --overwrite to replace it")
   if overwrite and os.path.isdir(out_dir):
     import shutil
-    for name in ("results.json", "scores.npz", "target", "reference", "shadow", "config.json"):
+    for name in ("results.json", "scores.npz", "target", "reference", "shadow", "config.json",
+                 "checkpoints", "report.html", "report.md", "plots"):
       p = os.path.join(out_dir, name)
       if os.path.isdir(p):
         shutil.rmtree(p)
       elif os.path.exists(p):
         os.remove(p)
   os.makedirs(out_dir, exist_ok=True)
-  write_json_atomic(os.path.join(out_dir, "config.json"), config.to_dict())
+  cfg_path = os.path.join(out_dir, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      previous = json.load(f)
+    if previous != json.loads(json.dumps(config.to_dict())):
+      changed = sorted(k for k in set(previous) | set(config.to_dict())
+                       if previous.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+      raise MiaInputError(
+          f"out: {out_dir} holds an unfinished run with another configuration (differs in "
+          f"{changed}); rerun with the same options to resume, or pass --overwrite")
+    log(f"resuming the unfinished run in {out_dir}")
+  write_json_atomic(cfg_path, config.to_dict())
 
   stages = _Stages(log)
   ds = stages.run("load_data", lambda: load_dataset(config.dataset, **config.dataset_options))
@@ -260,13 +273,16 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
 
   target_dir = os.path.join(out_dir, "target")
 
+  work = os.path.join(out_dir, "checkpoints")
+
   def train_target():
     if os.path.isdir(target_dir):
       log(f"resuming: reusing the trained target in {target_dir}")
       like = model.init(__import__("jax").random.key(0))
       return load_variables(target_dir, like=like)[0]
     res = train_model(model, x, y, config=tcfg, seed=config.seed, indices=split.target_in,
-                      progress=progress, description="target")
+                      progress=progress, description="target",
+                      checkpoint_dir=os.path.join(work, "target"))
     save_variables(target_dir, res.variables, metadata={"model": dict(model.spec)})
     return res.variables
 
@@ -296,7 +312,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
     keep = keep_matrix(config.num_reference, eval_idx.size, seed=config.seed + 17)
     refs = stages.run("reference_models", lambda: _stacked_models(
         os.path.join(out_dir, "reference"), model, x[eval_idx], y[eval_idx], keep, tcfg,
-        config.seed + 1, progress, "reference models", log))
+        config.seed + 1, progress, "reference models", log, os.path.join(work, "reference")))
     pool = np.concatenate([eval_idx, split.auxiliary])
     ref_sig = stages.run("reference_signals", lambda: blackbox_signals(
         model, refs, x[pool], y[pool], microbatch_size=config.microbatch_size, stacked=True))
@@ -326,7 +342,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
     skeep = _shadow_keep(config.num_shadow, aux.size, n_target, config.seed + 23)
     shadows = stages.run("shadow_models", lambda: _stacked_models(
         os.path.join(out_dir, "shadow"), model, x[aux], y[aux], skeep, tcfg, config.seed + 2,
-        progress, "shadow models", log))
+        progress, "shadow models", log, os.path.join(work, "shadow")))
 
     def run_shokri():
       probs = shokri.predict_probs(model, shadows, x[aux], stacked=True,
@@ -350,7 +366,8 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
                            x[eval_idx], y[eval_idx], target_train_size=n_target, config=smc,
                            train_config=tcfg, setting=config.whitebox_setting,
                            target_precision=config.target_precision,
-                           target_fpr=config.target_fpr, seed=config.seed, progress=progress)
+                           target_fpr=config.target_fpr, seed=config.seed, progress=progress,
+                           work_dir=os.path.join(work, "stolen_memories"))
 
     wb = stages.run("stolen_memories", whitebox)
     scores["stolen-memories"] = wb.meta_scores
@@ -389,4 +406,6 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
       "device": device_info(),
   }
   write_json_atomic(results_path, results)
+  import shutil
+  shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
   return results

@@ -198,7 +198,8 @@ def _progress(progress, total: int, description: str):
 
 def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
                 seed: Seed = 0, indices=None, init_variables: Variables | None = None,
-                progress=None, description: str = "training") -> TrainResult:
+                progress=None, description: str = "training", checkpoint_dir=None,
+                checkpoint_every: int = 1, on_epoch=None) -> TrainResult:
   """Trains one model.
 
   Args:
@@ -211,6 +212,13 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     init_variables: start from these instead of a fresh initialization.
     progress: optional ``rich.progress.Progress`` to show one bar (epochs).
     description: label of the progress bar.
+    checkpoint_dir: if given, the training state is saved there every
+      ``checkpoint_every`` epochs (atomically), and training resumes from the latest saved
+      epoch when called again: an interrupted run (even ``kill -9``) continues and gives
+      the same result as an uninterrupted one.
+    checkpoint_every: epochs between checkpoints.
+    on_epoch: optional callback ``on_epoch(epoch, variables)`` after each epoch (e.g. to
+      save one checkpoint per epoch for a many-checkpoints attack).
 
   Returns:
     TrainResult(variables, losses[epochs]).
@@ -223,14 +231,14 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     raise MiaInputError(f"indices: expected a non-empty 1-D array of rows of x (N={x.shape[0]})")
   keep = np.zeros((1, x.shape[0]), bool)
   keep[0, indices] = True
-  res = _train(model, x, y, keep, config, [_np_seed(seed)], init_variables, progress,
-               description, stacked=False)
-  return res
+  return _train(model, x, y, keep, config, [_np_seed(seed)], init_variables, progress,
+                description, False, checkpoint_dir, checkpoint_every, on_epoch)
 
 
 def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
                  seed: int = 0, init_variables: Variables | None = None, progress=None,
-                 description: str = "training models") -> TrainResult:
+                 description: str = "training models", checkpoint_dir=None,
+                 checkpoint_every: int = 1, on_epoch=None) -> TrainResult:
   """Trains M models at once, model m on the rows where ``keep[m]`` is True.
 
   Args:
@@ -241,6 +249,8 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     seed: base seed; model m uses ``(seed, m)``.
     init_variables: optional stacked variables (leading axis M) to start from.
     progress: optional ``rich.progress.Progress``.
+    checkpoint_dir, checkpoint_every, on_epoch: as in :func:`train_model` (the whole
+      stack is saved and resumed together).
 
   Returns:
     TrainResult with stacked variables (every leaf has leading axis M) and losses[M, epochs].
@@ -256,10 +266,33 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     raise MiaInputError(f"keep: model(s) {empty[:5].tolist()} have no training examples")
   seeds = [(int(seed), m) for m in range(keep.shape[0])]
   return _train(model, x, y, keep, config, seeds, init_variables, progress, description,
-                stacked=True)
+                True, checkpoint_dir, checkpoint_every, on_epoch)
 
 
-def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked):
+def _latest_epoch_checkpoint(checkpoint_dir) -> tuple[int, str | None]:
+  """(epochs completed, path) of the newest complete epoch checkpoint, or (0, None)."""
+  if checkpoint_dir is None or not os.path.isdir(checkpoint_dir):
+    return 0, None
+  done = [int(n.split("-")[1]) for n in os.listdir(checkpoint_dir)
+          if n.startswith("epoch-") and n.split("-")[1].isdigit()
+          and os.path.isdir(os.path.join(checkpoint_dir, n, "state"))]
+  if not done:
+    return 0, None
+  e = max(done)
+  return e, os.path.join(checkpoint_dir, f"epoch-{e:06d}")
+
+
+def _save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) -> None:
+  path = os.path.join(checkpoint_dir, f"epoch-{epoch:06d}")
+  save_variables(path, {"state": state, "losses": losses}, overwrite=True,
+                 metadata={"epoch": epoch, "fingerprint": fingerprint})
+  for n in os.listdir(checkpoint_dir):  # keep only the newest
+    if n.startswith("epoch-") and n != os.path.basename(path):
+      shutil.rmtree(os.path.join(checkpoint_dir, n), ignore_errors=True)
+
+
+def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked,
+           checkpoint_dir=None, checkpoint_every=1, on_epoch=None):
   m_count = keep.shape[0]
   run, tx = _compiled_epoch(model, config, stacked)
   keys = [jax_key(s) for s in seeds]
@@ -280,8 +313,27 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
   num_steps = max(_steps(len(idx), config.batch_size) for idx in members)
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
   losses = np.zeros((m_count, config.epochs), np.float32)
+  check_positive_int(checkpoint_every, "checkpoint_every")
+  fingerprint = {"config": dataclasses.asdict(config), "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
+                 "keep_sum": int(keep.sum()), "keep_hash": int(np.packbits(keep).astype(np.int64).sum()),
+                 "model": repr(dict(model.spec))}
+  start, ckpt = _latest_epoch_checkpoint(checkpoint_dir)
+  if ckpt is not None:
+    like = {"state": (params, other, opt_state), "losses": losses}
+    saved, meta = load_variables(ckpt, like=like)
+    if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+      raise MiaInputError(
+          f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of a different training run "
+          "(other recipe, seeds, data or model); remove it or choose another directory")
+    params, other, opt_state = saved["state"]
+    losses = np.asarray(saved["losses"])
+    for _ in range(start):  # replay the host shuffles so epoch `start` sees the same order
+      for r, idx in zip(rngs, members):
+        _epoch_schedule(r, idx, config.batch_size, num_steps)
   advance, close = _progress(progress, config.epochs, description)
-  for e in range(config.epochs):
+  for _ in range(start):
+    advance()
+  for e in range(start, config.epochs):
     sched = [_epoch_schedule(r, idx, config.batch_size, num_steps) for r, idx in zip(rngs, members)]
     epoch_keys = [jax.random.fold_in(k, e + 1) for k in keys]
     if stacked:
@@ -292,6 +344,10 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
       idx, w, ekey = jnp.asarray(sched[0].idx), jnp.asarray(sched[0].weight), epoch_keys[0]
     params, other, opt_state, loss = run(params, other, opt_state, ekey, x_dev, y_dev, idx, w)
     losses[:, e] = np.asarray(loss).reshape(-1)
+    if checkpoint_dir is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == config.epochs):
+      _save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
+    if on_epoch is not None:
+      on_epoch(e, {"params": params, **other})
     advance()
   close()
   variables = {"params": params, **other}

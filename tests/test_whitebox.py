@@ -43,15 +43,17 @@ def test_rows_match_naive_jacrev_loop(spec, path_steps, centered):
   model = make_model(name, input_shape=shape, num_classes=4, **opts)
   variables = model.init(jax.random.key(1))
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(5,) + shape).astype(np.float32)
-  y = rng.integers(0, 4, 5)
+  x = rng.normal(size=(4,) + shape).astype(np.float32)
+  y = rng.integers(0, 4, 4)
   layers = whitebox.default_layers(model)
+  if name == "resnet":  # every kind of stage once; the naive jacrev loop compiles per layer
+    layers = ("input", "block_1", "pool")
   rows = whitebox.jacobian_rows(model, variables, x, y, layers=layers, path_steps=path_steps,
                                 centered=centered, microbatch_size=3)
   ts = [1.0] if path_steps == 0 else [(k + 1) / path_steps for k in range(path_steps)]
   for layer in layers:
-    assert rows[layer].shape == (5,) + model.layer_shapes()[layer]
-    for i in range(5):
+    assert rows[layer].shape == (4,) + model.layer_shapes()[layer]
+    for i in range(4):
       ref = sum(_naive_row(model, variables, x[i], y[i], layer, t, centered) for t in ts) / len(ts)
       np.testing.assert_allclose(rows[layer][i], ref, rtol=1e-4, atol=1e-5,
                                  err_msg=f"{name} {layer} example {i}")

@@ -26,6 +26,7 @@ for membership.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import NamedTuple, Sequence
 
 import jax
@@ -117,7 +118,7 @@ def check_disjoint(aux_indices, train_indices) -> None:
 def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, *,
                 config: StolenMemoriesConfig = StolenMemoriesConfig(),
                 train_config: TrainConfig = TrainConfig(), seed: int = 0,
-                progress=None) -> Proxies:
+                progress=None, work_dir: str | None = None) -> Proxies:
   """Trains the proxies ``g*_l`` for every attacked layer on auxiliary data.
 
   For each layer the target's frozen ``h_l`` maps the auxiliary data to features; P upper
@@ -134,6 +135,8 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
     train_config: the proxies' training recipe (use the target's).
     seed: fixes the proxies' initialization, sampling and shuffling.
     progress: optional rich Progress.
+    work_dir: optional directory for training checkpoints (one per layer); a rerun after
+      an interruption resumes from them.
   Returns:
     Proxies(variables, means).
   """
@@ -147,7 +150,8 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
     keep = _proxy_keep(aux_x.shape[0], config, rng)
     res = train_models(model.upper(layer), feats, aux_y, keep, config=train_config,
                        seed=seed * 1009 + i, progress=progress,
-                       description=f"proxies for {layer}")
+                       description=f"proxies for {layer}",
+                       checkpoint_dir=None if work_dir is None else os.path.join(work_dir, layer))
     variables[layer] = res.variables
   return Proxies(variables, means)
 
@@ -271,7 +275,7 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                train_config: TrainConfig = TrainConfig(), setting: str = "shadow",
                meta_kind: str = "logistic", use_loss: bool = True,
                target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
-               progress=None) -> WhiteboxResult:
+               progress=None, work_dir: str | None = None) -> WhiteboxResult:
   """Runs the whole white-box attack against one target.
 
   Args:
@@ -288,6 +292,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     target_precision: precision the threshold aims for (shadow setting).
     target_fpr: false-positive rate the threshold aims for (non-member setting).
     seed: fixes proxies, shadow training and the partition of the auxiliary data.
+    progress: optional rich Progress.
+    work_dir: optional directory for training checkpoints (resumable).
   Returns:
     WhiteboxResult.
   """
@@ -307,16 +313,17 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   def loss_of(variables, x, y):
     return blackbox_signals(model, variables, x, y)["loss"] if use_loss else None
 
+  sub = (lambda name: None) if work_dir is None else (lambda name: os.path.join(work_dir, name))
   target_proxies = fit_proxies(model, target_variables, aux_x[parts.proxy], aux_y[parts.proxy],
                                config=cfg, train_config=train_config, seed=seed + 1,
-                               progress=progress)
+                               progress=progress, work_dir=sub("target_proxies"))
   if setting == "shadow":
     shadow = train_model(model, aux_x, aux_y, config=train_config, seed=(seed, 7919),
                          indices=parts.shadow_in, progress=progress,
-                         description="shadow target").variables
+                         description="shadow target", checkpoint_dir=sub("shadow")).variables
     shadow_proxies = fit_proxies(model, shadow, aux_x[parts.proxy], aux_y[parts.proxy],
                                  config=cfg, train_config=train_config, seed=seed + 2,
-                                 progress=progress)
+                                 progress=progress, work_dir=sub("shadow_proxies"))
     idx = np.concatenate([parts.shadow_in, parts.shadow_out])
     is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
     feats = _features(score(model, shadow, shadow_proxies, aux_x[idx], aux_y[idx], config=cfg),

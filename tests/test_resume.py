@@ -1,0 +1,63 @@
+"""Nothing lost on interruption: kill -9 an audit mid-training, rerun, same results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ARGS = ["audit", "--quiet", "--epochs", "20", "--target-size", "100", "-M", "widths=[64]",
+        "--attacks", "loss,lira,stolen-memories", "--num-reference", "4", "--layers", "input"]
+
+
+def _audit(out_dir, *extra, wait=True):
+  cmd = [sys.executable, "-m", "mia_jax.cli", *ARGS, "--out", str(out_dir), *extra]
+  if wait:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _metrics(path):
+  res = json.loads((path / "results.json").read_text())
+  return {k: {m: v[m] for m in ("auc", "tpr_at_fpr", "balanced_accuracy")}
+          for k, v in res["attacks"].items()}, res["target"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_resume_gives_same_results(tmp_path):
+  reference = tmp_path / "uninterrupted"
+  assert _audit(reference).returncode == 0
+
+  run = tmp_path / "interrupted"
+  proc = _audit(run, wait=False)
+  # Kill as soon as the reference-model stack (trained after the target) has saved an epoch:
+  # the target is finished, the stack is mid-training.
+  stack_dir = run / "checkpoints" / "reference"
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if stack_dir.is_dir() and any(n.startswith("epoch-") for n in os.listdir(stack_dir)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be interrupted"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (run / "results.json").exists()
+  assert (run / "target").is_dir()
+
+  out = _audit(run)
+  assert out.returncode == 0, out.stderr
+  assert _metrics(run) == _metrics(reference)
+  assert not (run / "checkpoints").exists()  # cleaned up once finished
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+  run = tmp_path / "r"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"dataset": "digits", "epochs": 1}))
+  out = subprocess.run([sys.executable, "-m", "mia_jax.cli", *ARGS, "--out", str(run)],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert "another configuration" in out.stderr and "Traceback" not in out.stderr
