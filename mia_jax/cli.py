@@ -1,14 +1,15 @@
 """``mia-jax``: the command line. Thin: parses options, calls the library, shows progress.
 
 Subcommands:
-  audit   train a target on a dataset, run the attacks, print a table, write results.json
+  audit    train a target on a dataset, run the attacks, print a table, write results.json
+           and report.html / report.md
+  report   rebuild report.html / report.md of a run directory
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ from mia_jax._validation import MiaInputError
 
 
 def _parse_value(text: str) -> Any:
-  """Parses an option value: JSON/YAML scalars and lists ("3", "0.5", "[256, 256]", "true")."""
+  """Parses an option value: YAML scalars and lists ("3", "0.5", "[256, 256]", "true")."""
   import yaml
   try:
     return yaml.safe_load(text)
@@ -39,77 +40,140 @@ def _csv(text: str) -> tuple[str, ...]:
   return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+RUN_KEYS = {"out": "runs/audit", "overwrite": False, "quiet": False, "report": True}
+"""Config keys that are options of the run rather than of the audit itself."""
+
+
 def _add_audit_parser(sub) -> argparse.ArgumentParser:
   from mia_jax.audit import ALL_ATTACKS, AuditConfig
   d = AuditConfig()
   p = sub.add_parser(
       "audit", help="train a target, run membership-inference attacks, report leakage",
       description="Train a target model on a dataset, compute its signals, run every requested "
-                  "attack, print a summary table and write results.json (and scores.npz, the "
-                  "target checkpoint) into --out. Defaults need no network: the built-in "
-                  "'digits' dataset and an MLP trained to overfit.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--out", default="runs/audit", help="run directory")
-  p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-  p.add_argument("--quiet", action="store_true", help="no progress bars or stage logs")
-  p.add_argument("--dataset", default=d.dataset,
-                 help="built-in name (digits, breast_cancer, gaussian_nb, purchase_like, random), "
-                      "a tensorflow-datasets name (tfds:NAME), or a path to an .npz file")
-  p.add_argument("--dataset-option", "-D", action="append", metavar="KEY=VALUE",
-                 help="dataset loader option, repeatable (e.g. -D num_features=100, "
-                      "-D data_dir=~/tensorflow_datasets, -D min_faces_per_person=20)")
-  p.add_argument("--model", default=d.model, help="logistic, mlp, small_cnn or resnet")
-  p.add_argument("--model-option", "-M", action="append", metavar="KEY=VALUE",
-                 help="architecture option, repeatable (e.g. -M widths=[512,512], -M dropout=0.1)")
-  p.add_argument("--target-size", type=int, default=d.target_size,
-                 help="members in the target's training set (default: 1/8 of the data); as many "
-                      "non-members are held out, the rest is the attacker's auxiliary data")
-  p.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "momentum", "adam"])
-  p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-  p.add_argument("--epochs", type=int, default=d.epochs)
-  p.add_argument("--batch-size", type=int, default=d.batch_size)
-  p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                 help="L2 coefficient lambda (adds lambda/2 ||params||^2 to the loss)")
-  p.add_argument("--attacks", type=_csv, default=",".join(d.attacks),
-                 help=f"comma-separated attacks from: {', '.join(ALL_ATTACKS)}")
-  p.add_argument("--layers", type=_csv, default=None,
-                 help="white-box layers, comma-separated (default: every layer below the logits)")
-  p.add_argument("--num-proxies", type=int, default=d.num_proxies, help="proxies per layer")
-  p.add_argument("--path-steps", type=int, default=d.path_steps,
-                 help="0: point Jacobians; R: path-integrated over R steps")
-  p.add_argument("--whitebox-setting", default=d.whitebox_setting, choices=["shadow", "nonmember"],
-                 help="how the white-box meta-attack is fit: on a shadow target, or on known "
-                      "non-members only")
-  p.add_argument("--target-precision", type=float, default=d.target_precision,
-                 help="precision the white-box threshold is calibrated for (shadow setting)")
-  p.add_argument("--target-fpr", type=float, default=d.target_fpr,
-                 help="FPR the white-box threshold is calibrated for (non-member setting)")
-  p.add_argument("--num-reference", type=int, default=d.num_reference,
-                 help="reference models for LiRA/RMIA (even; trained at once)")
-  p.add_argument("--num-shadow", type=int, default=d.num_shadow,
-                 help="shadow models for the Shokri et al. attack (trained at once)")
-  p.add_argument("--rmia-offline-a", type=float, default=d.rmia_offline_a,
-                 help="offline RMIA's a in P_IN ~ a P_OUT + (1 - a)")
-  p.add_argument("--seed", type=int, default=d.seed)
-  p.add_argument("--microbatch-size", type=int, default=d.microbatch_size,
-                 help="examples per compiled chunk in signal passes (memory bound)")
+                  "attack, print a summary table and write results.json, scores.npz, "
+                  "report.html and report.md (and the trained models) into --out. Defaults "
+                  "need no network: the built-in 'digits' dataset and an MLP trained to "
+                  "overfit. Every option is also a key of a YAML --config file (the option's "
+                  "name with '_' for '-', see docs/config.md); options given on the command "
+                  "line override the file. An interrupted run resumes when rerun with the "
+                  "same options.")
+
+  def arg(*flags, key, help, **kw):
+    default = RUN_KEYS[key] if key in RUN_KEYS else getattr(d, key)
+    if isinstance(default, tuple):
+      default = ",".join(default)
+    if isinstance(default, dict):
+      default = default or "{}"
+    p.add_argument(*flags, dest=key, default=argparse.SUPPRESS,
+                   help=f"{help} [config key: {key}; default: {default}]", **kw)
+
+  p.add_argument("--config", default=None, metavar="FILE",
+                 help="YAML file of options (docs/config.md); command-line options override it")
+  arg("--out", key="out", help="run directory")
+  arg("--overwrite", key="overwrite", action="store_true", help="replace a finished run in --out")
+  arg("--quiet", key="quiet", action="store_true", help="no progress bars or stage logs")
+  arg("--no-report", key="report", action="store_false",
+      help="do not write report.html / report.md")
+  arg("--dataset", key="dataset",
+      help="built-in name (digits, breast_cancer, gaussian_nb, purchase_like, random), a "
+           "tensorflow-datasets name (tfds:NAME), or a path to an .npz file")
+  arg("--dataset-option", "-D", key="dataset_options", action="append", metavar="KEY=VALUE",
+      help="dataset loader option, repeatable (e.g. -D num_features=100, -D "
+           "data_dir=~/tensorflow_datasets, -D min_faces_per_person=20)")
+  arg("--model", key="model", help="logistic, mlp, small_cnn or resnet")
+  arg("--model-option", "-M", key="model_options", action="append", metavar="KEY=VALUE",
+      help="architecture option, repeatable (e.g. -M widths=[512,512], -M dropout=0.1)")
+  arg("--target-size", key="target_size", type=int,
+      help="members in the target's training set (None: 1/8 of the data); as many non-members "
+           "are held out, the rest is the attacker's auxiliary data")
+  arg("--optimizer", key="optimizer", choices=["sgd", "momentum", "adam"], help="optimizer")
+  arg("--learning-rate", key="learning_rate", type=float, help="step size")
+  arg("--epochs", key="epochs", type=int, help="training epochs (no early stopping)")
+  arg("--batch-size", key="batch_size", type=int, help="examples per step")
+  arg("--weight-decay", key="weight_decay", type=float,
+      help="L2 coefficient lambda (adds lambda/2 ||params||^2 to the loss)")
+  arg("--attacks", key="attacks", type=_csv,
+      help=f"comma-separated attacks from: {', '.join(ALL_ATTACKS)}")
+  arg("--layers", key="layers", type=_csv,
+      help="white-box layers, comma-separated (None: every layer below the logits)")
+  arg("--num-proxies", key="num_proxies", type=int, help="white-box proxies per layer")
+  arg("--path-steps", key="path_steps", type=int,
+      help="0: point Jacobians; R: path-integrated over R steps")
+  arg("--whitebox-setting", key="whitebox_setting", choices=["shadow", "nonmember"],
+      help="how the white-box meta-attack is fit: on a shadow target, or on known non-members only")
+  arg("--target-precision", key="target_precision", type=float,
+      help="precision the white-box threshold is calibrated for (shadow setting)")
+  arg("--target-fpr", key="target_fpr", type=float,
+      help="FPR the white-box threshold is calibrated for (non-member setting)")
+  arg("--num-reference", key="num_reference", type=int,
+      help="reference models for LiRA/RMIA (even; trained at once)")
+  arg("--num-shadow", key="num_shadow", type=int,
+      help="shadow models for the Shokri et al. attack (trained at once)")
+  arg("--rmia-offline-a", key="rmia_offline_a", type=float,
+      help="offline RMIA's a in P_IN ~ a P_OUT + (1 - a)")
+  arg("--seed", key="seed", type=int, help="seed of the split, all training and all attacks")
+  arg("--microbatch-size", key="microbatch_size", type=int,
+      help="examples per compiled chunk in signal passes (memory bound)")
   return p
 
 
-def _audit_config(args) -> "Any":
+def config_keys() -> tuple[str, ...]:
+  """Every key a --config file may hold (= every audit command-line option)."""
   from mia_jax.audit import AuditConfig
-  attacks = args.attacks if isinstance(args.attacks, tuple) else _csv(args.attacks)
-  return AuditConfig(
-      dataset=args.dataset, dataset_options=_key_values(args.dataset_option, "--dataset-option"),
-      model=args.model, model_options=_key_values(args.model_option, "--model-option"),
-      target_size=args.target_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
-      epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay,
-      attacks=attacks, layers=args.layers, num_proxies=args.num_proxies,
-      path_steps=args.path_steps, whitebox_setting=args.whitebox_setting,
-      target_precision=args.target_precision, target_fpr=args.target_fpr,
-      num_reference=args.num_reference, num_shadow=args.num_shadow,
-      rmia_offline_a=args.rmia_offline_a, seed=args.seed,
-      microbatch_size=args.microbatch_size)
+  return tuple(f.name for f in dataclasses.fields(AuditConfig)) + tuple(RUN_KEYS)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+  """Reads a YAML config (``yaml.safe_load``); unknown keys are an error naming them."""
+  import yaml
+  try:
+    with open(os.path.expanduser(path)) as f:
+      data = yaml.safe_load(f)
+  except OSError as e:
+    raise MiaInputError(f"--config: cannot read {path}: {e.strerror}") from e
+  except yaml.YAMLError as e:
+    raise MiaInputError(f"--config: {path} is not valid YAML: {e}") from e
+  if data is None:
+    return {}
+  if not isinstance(data, dict):
+    raise MiaInputError(f"--config: {path} must hold a mapping of option: value")
+  data = {str(k).replace("-", "_"): v for k, v in data.items()}
+  unknown = sorted(set(data) - set(config_keys()))
+  if unknown:
+    raise MiaInputError(f"--config: unknown key(s) {unknown} in {path}; valid keys: "
+                        f"{sorted(config_keys())}")
+  return data
+
+
+def _as_tuple(value, key):
+  if value is None:
+    return None
+  if isinstance(value, str):
+    return _csv(value)
+  if isinstance(value, (list, tuple)):
+    return tuple(str(v) for v in value)
+  raise MiaInputError(f"{key}: expected a list or a comma-separated string, got {value!r}")
+
+
+def audit_options(args) -> tuple[Any, dict[str, Any]]:
+  """(AuditConfig, run options) from --config and the command line (which wins)."""
+  from mia_jax.audit import AuditConfig
+  given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+  merged = load_config_file(args.config) if args.config else {}
+  for key in ("dataset_options", "model_options"):
+    if key in merged and not isinstance(merged[key], dict):
+      raise MiaInputError(f"{key}: expected a mapping in the config file, got {merged[key]!r}")
+    if key in given:  # -D/-M pairs update the file's mapping key by key
+      merged[key] = {**merged.get(key, {}), **_key_values(given.pop(key), f"--{key}")}
+  merged.update(given)
+  run = {k: merged.pop(k, v) for k, v in RUN_KEYS.items()}
+  for key in ("attacks", "layers"):
+    if key in merged:
+      merged[key] = _as_tuple(merged[key], key)
+  try:
+    return AuditConfig(**merged), run
+  except TypeError as e:
+    raise MiaInputError(f"config: {e}") from e
 
 
 def print_table(results: dict, console) -> None:
@@ -136,35 +200,55 @@ def print_table(results: dict, console) -> None:
                     f"precision {c['precision']:.3f}, recall {c['recall']:.3f}, FPR {c['fpr']:.4f}")
 
 
+
 def _cmd_audit(args) -> int:
   from rich.console import Console
   from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                              TimeElapsedColumn, TimeRemainingColumn)
 
   from mia_jax.audit import run_audit
-  config = _audit_config(args)
-  console = Console(stderr=True, quiet=args.quiet)
-  log = (lambda s: None) if args.quiet else (lambda s: console.log(s))
-  if args.quiet:
-    results = run_audit(config, args.out, overwrite=args.overwrite, log=log)
+  config, run = audit_options(args)
+  console = Console(stderr=True, quiet=run["quiet"])
+  log = (lambda s: None) if run["quiet"] else (lambda s: console.log(s))
+  if run["quiet"]:
+    results = run_audit(config, run["out"], overwrite=run["overwrite"], log=log)
   else:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-      results = run_audit(config, args.out, overwrite=args.overwrite, progress=progress, log=log)
-  from rich.console import Console as _C
-  print_table(results, _C())
-  print(f"results written to {os.path.join(os.path.abspath(args.out), 'results.json')}")
+      results = run_audit(config, run["out"], overwrite=run["overwrite"], progress=progress,
+                          log=log)
+  print_table(results, __import__("rich.console").console.Console())
+  out = os.path.abspath(run["out"])
+  print(f"results written to {os.path.join(out, 'results.json')}")
+  if run["report"]:
+    from mia_jax.report import write_report
+    html_path, md_path = write_report(out)
+    print(f"report written to {html_path} and {md_path}")
+  return 0
+
+
+def _cmd_report(args) -> int:
+  from mia_jax.report import write_report
+  html_path, md_path = write_report(args.run_dir, dpi=args.dpi)
+  print(f"report written to {html_path} and {md_path}")
   return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="mia-jax",
-      description="Membership-inference attacks in JAX: Stolen Memories (white-box), threshold "
-                  "baselines, and more. Run 'mia-jax SUBCOMMAND --help' for every option.")
+      description="Membership-inference attacks in JAX: Stolen Memories (white-box), LiRA, "
+                  "RMIA, Shokri et al. shadow models and threshold baselines. Run "
+                  "'mia-jax SUBCOMMAND --help' for every option.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
   _add_audit_parser(sub).set_defaults(func=_cmd_audit)
+  p = sub.add_parser("report", help="rebuild report.html / report.md of an audit run directory",
+                     description="Rebuild report.html (self-contained) and report.md with plots "
+                                 "from a run directory's results.json and scores.npz.")
+  p.add_argument("run_dir", help="a directory written by 'mia-jax audit'")
+  p.add_argument("--dpi", type=int, default=100, help="resolution of the plots")
+  p.set_defaults(func=_cmd_report)
   return parser
 
 

@@ -52,6 +52,9 @@ def test_audit_writes_results_and_refuses_to_overwrite(tmp_path):
   assert {"train_target", "stolen_memories"} <= set(res["timings"])
   assert "jax" in res["versions"]
   assert (out_dir / "scores.npz").exists() and (out_dir / "target").is_dir()
+  assert json.loads((out_dir / "config.json").read_text())["epochs"] == 40
+  html = (out_dir / "report.html").read_text()
+  assert html.count('src="data:image/png;base64,') >= 4 and (out_dir / "report.md").exists()
   # A finished run is not overwritten without --overwrite.
   assert cli.main(["audit", "--out", str(out_dir), *FAST]) == 2
 
