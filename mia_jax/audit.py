@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -179,6 +179,39 @@ class _Stages:
     return out
 
 
+class Setup(NamedTuple):
+  """The data, membership split and architecture an audit (or checkpoint attack) uses."""
+  dataset: Any
+  x: np.ndarray
+  y: np.ndarray
+  split: Any
+  model: Any
+  target_size: int
+
+
+def prepare(config: AuditConfig) -> Setup:
+  """Loads the dataset, draws the seeded split (members, non-members, auxiliary) and
+  builds the model. Deterministic in ``config``, so a run can be reconstructed from its
+  saved configuration."""
+  from mia_jax.attacks.stolen_memories import check_disjoint
+  from mia_jax.data import load_dataset, membership_split
+  from mia_jax.models import make_model
+  ds = load_dataset(config.dataset, **config.dataset_options)
+  x, y = ds.all_x(), ds.all_y()
+  n_total = x.shape[0]
+  n_target = config.target_size or n_total // 8
+  if 2 * n_target >= n_total:
+    raise MiaInputError(
+        f"target_size: {n_target} members plus as many non-members leave no auxiliary data "
+        f"from {n_total} examples")
+  split = membership_split(n_total, target_in=n_target, target_out=n_target,
+                           auxiliary=n_total - 2 * n_target, seed=config.seed)
+  check_disjoint(split.auxiliary, split.target_in)
+  model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
+                     **config.model_options)
+  return Setup(ds, x, y, split, model, n_target)
+
+
 def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
   """Shadow model m trains on a random half of the auxiliary data (at most ``size``
   examples, the target's training-set size); the rest are its known non-members."""
@@ -219,9 +252,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
 
   from mia_jax.attacks import stolen_memories as sm
   from mia_jax.attacks.threshold import threshold_scores
-  from mia_jax.data import load_dataset, membership_split
   from mia_jax.metrics import precision_recall_at, prior_precision, summarize
-  from mia_jax.models import make_model
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import load_variables, save_variables, train_model
 
@@ -253,19 +284,8 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   write_json_atomic(cfg_path, config.to_dict())
 
   stages = _Stages(log)
-  ds = stages.run("load_data", lambda: load_dataset(config.dataset, **config.dataset_options))
-  x, y = ds.all_x(), ds.all_y()
+  ds, x, y, split, model, n_target = stages.run("load_data", lambda: prepare(config))
   n_total = x.shape[0]
-  n_target = config.target_size or n_total // 8
-  if 2 * n_target >= n_total:
-    raise MiaInputError(
-        f"target_size: {n_target} members plus as many non-members leave no auxiliary data "
-        f"from {n_total} examples")
-  split = membership_split(n_total, target_in=n_target, target_out=n_target,
-                           auxiliary=n_total - 2 * n_target, seed=config.seed)
-  sm.check_disjoint(split.auxiliary, split.target_in)
-  model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
-                     **config.model_options)
   if config.layers is not None and "stolen-memories" in config.attacks:
     from mia_jax.whitebox import _check_layers
     _check_layers(model, config.layers)  # before any training

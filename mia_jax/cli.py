@@ -45,8 +45,6 @@ RUN_KEYS = {"out": "runs/audit", "overwrite": False, "quiet": False, "report": T
 
 
 def _add_audit_parser(sub) -> argparse.ArgumentParser:
-  from mia_jax.audit import ALL_ATTACKS, AuditConfig
-  d = AuditConfig()
   p = sub.add_parser(
       "audit", help="train a target, run membership-inference attacks, report leakage",
       description="Train a target model on a dataset, compute its signals, run every requested "
@@ -57,6 +55,14 @@ def _add_audit_parser(sub) -> argparse.ArgumentParser:
                   "name with '_' for '-', see docs/config.md); options given on the command "
                   "line override the file. An interrupted run resumes when rerun with the "
                   "same options.")
+  _add_config_options(p)
+  return p
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+  """The audit configuration's options (shared by 'audit' and 'train')."""
+  from mia_jax.audit import ALL_ATTACKS, AuditConfig
+  d = AuditConfig()
 
   def arg(*flags, key, help, **kw):
     default = RUN_KEYS[key] if key in RUN_KEYS else getattr(d, key)
@@ -114,7 +120,6 @@ def _add_audit_parser(sub) -> argparse.ArgumentParser:
   arg("--seed", key="seed", type=int, help="seed of the split, all training and all attacks")
   arg("--microbatch-size", key="microbatch_size", type=int,
       help="examples per compiled chunk in signal passes (memory bound)")
-  return p
 
 
 def config_keys() -> tuple[str, ...]:
@@ -158,7 +163,8 @@ def _as_tuple(value, key):
 def audit_options(args) -> tuple[Any, dict[str, Any]]:
   """(AuditConfig, run options) from --config and the command line (which wins)."""
   from mia_jax.audit import AuditConfig
-  given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+  given = {k: v for k, v in vars(args).items()
+           if k not in ("command", "func", "config", "save_every")}
   merged = load_config_file(args.config) if args.config else {}
   for key in ("dataset_options", "model_options"):
     if key in merged and not isinstance(merged[key], dict):
@@ -235,6 +241,43 @@ def _cmd_report(args) -> int:
   return 0
 
 
+def _cmd_train(args) -> int:
+  from rich.console import Console
+  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+  from mia_jax.checkpoints import train_run
+  config, run = audit_options(args)
+  console = Console(stderr=True, quiet=run["quiet"])
+  log = (lambda s: None) if run["quiet"] else (lambda s: console.log(s))
+  with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), console=console, transient=True,
+                disable=run["quiet"]) as progress:
+    paths = train_run(config, run["out"], save_every=args.save_every, progress=progress, log=log)
+  print(f"{len(paths)} checkpoints in {os.path.dirname(paths[0])}")
+  return 0
+
+
+def _cmd_attack(args) -> int:
+  from rich.console import Console
+  from rich.table import Table
+
+  from mia_jax.checkpoints import attack_run
+  console = Console(stderr=True, quiet=args.quiet)
+  res = attack_run(args.run, checkpoints=args.checkpoints, attacks=_csv(args.attacks),
+                   microbatch_size=args.microbatch_size, log=lambda s: console.log(s))
+  table = Table(title="membership inference per checkpoint")
+  attacks = list(res["checkpoints"][0]["attacks"])
+  for col in ["checkpoint", "train acc.", "test acc."] + [f"{a} AUC" for a in attacks]:
+    table.add_column(col)
+  for c in res["checkpoints"]:
+    table.add_row(c["name"], f"{c['train_accuracy']:.3f}", f"{c['test_accuracy']:.3f}",
+                  *[f"{c['attacks'][a]['auc']:.4f}" for a in attacks])
+  Console().print(table)
+  print(f"results written to {os.path.join(os.path.abspath(args.run), 'checkpoint_results.json')}"
+        " and checkpoints.png")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="mia-jax",
@@ -243,6 +286,29 @@ def build_parser() -> argparse.ArgumentParser:
                   "'mia-jax SUBCOMMAND --help' for every option.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
   _add_audit_parser(sub).set_defaults(func=_cmd_audit)
+  p = sub.add_parser(
+      "train", help="train a target and save a checkpoint every --save-every epochs",
+      description="Train the target an audit with the same options would train (same data "
+                  "split) and save orbax checkpoints into --out/checkpoints, for "
+                  "'mia-jax attack --run'. Resumes when rerun after an interruption.")
+  _add_config_options(p)
+  p.add_argument("--save-every", type=int, default=1, help="epochs between saved checkpoints")
+  p.set_defaults(func=_cmd_train)
+  p = sub.add_parser(
+      "attack", help="attack every checkpoint of a training run in one compiled pass",
+      description="Load every checkpoint of a run written by 'mia-jax train' (or --checkpoints "
+                  "DIR of the same model), stack them, compute the signals of all of them in "
+                  "one vmapped compiled call (microbatched) and score each threshold attack on "
+                  "each; write checkpoint_results.json and checkpoints.png (AUC and TPR at 0.1% "
+                  "FPR against checkpoint index) into the run directory.")
+  p.add_argument("--run", required=True, help="run directory written by 'mia-jax train'")
+  p.add_argument("--checkpoints", default=None,
+                 help="directory of checkpoints (default: RUN/checkpoints) or one stacked checkpoint")
+  p.add_argument("--attacks", default="loss,confidence,entropy,modified_entropy",
+                 help="comma-separated threshold attacks")
+  p.add_argument("--microbatch-size", type=int, default=1024)
+  p.add_argument("--quiet", action="store_true")
+  p.set_defaults(func=_cmd_attack)
   p = sub.add_parser("report", help="rebuild report.html / report.md of an audit run directory",
                      description="Rebuild report.html (self-contained) and report.md with plots "
                                  "from a run directory's results.json and scores.npz.")

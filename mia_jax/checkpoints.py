@@ -1,0 +1,215 @@
+"""Attack many checkpoints at once (for example one per epoch of a training run).
+
+* :func:`load_checkpoint_stack` loads a directory of orbax checkpoints written by
+  :func:`mia_jax.train.save_variables` (sorted by name) -- or one checkpoint that already
+  holds a stack -- and stacks them on a leading axis C.
+* :func:`attack_checkpoints` computes the black-box signals of all C checkpoints in one
+  vmapped, compiled, microbatched pass and scores every threshold attack on each.
+* :func:`plot_checkpoint_metrics` plots AUC and TPR at 0.1% FPR against checkpoint index.
+
+``mia-jax train --save-every K`` writes such a run; ``mia-jax attack --run DIR`` attacks it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from mia_jax._validation import MiaInputError
+from mia_jax.models.base import LayeredModel, Variables, stack_variables
+
+REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+
+
+def list_checkpoints(path: str | os.PathLike) -> list[str]:
+  """Checkpoint directories (those holding a ``state`` folder) in ``path``, sorted by name."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise MiaInputError(f"checkpoints: {path} is not a directory")
+  names = sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n, "state")))
+  if not names:
+    raise MiaInputError(f"checkpoints: {path} holds no mia-jax checkpoints (sub-directories "
+                        "written by save_variables)")
+  return [os.path.join(path, n) for n in names]
+
+
+def load_checkpoint_stack(path: str | os.PathLike, model: LayeredModel
+                          ) -> tuple[Variables, list[str]]:
+  """Loads C checkpoints as one stacked variables pytree (leading axis C).
+
+  Args:
+    path: a directory of checkpoints (one per epoch, say), or one checkpoint whose leaves
+      already carry a leading model axis.
+    model: the architecture; every checkpoint must match its variables' structure and shapes.
+  Returns:
+    (stacked variables, checkpoint names).
+  Raises:
+    MiaInputError: empty directory, or a checkpoint whose structure/shapes differ, naming it.
+  """
+  from mia_jax.train import load_variables
+  path = os.fspath(path)
+  like = jax.eval_shape(model.init, jax.random.key(0))
+  if os.path.isdir(os.path.join(path, "state")):  # one checkpoint holding a stack
+    variables, _ = load_variables(path)
+    ref = jax.tree.structure(like)
+    if jax.tree.structure(variables) != ref:
+      raise MiaInputError(f"checkpoints: {path} does not hold variables of model {model.name!r}")
+    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(variables)}
+    for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(like)):
+      if tuple(np.shape(got)[1:]) != tuple(want.shape):
+        raise MiaInputError(f"checkpoints: {path} is not a stack of model {model.name!r} "
+                            f"variables (leaf {np.shape(got)} vs {want.shape})")
+    if len(sizes) != 1:
+      raise MiaInputError(f"checkpoints: {path} leaves have different leading sizes {sizes}")
+    return variables, [f"{os.path.basename(path)}[{i}]" for i in range(sizes.pop())]
+  trees, names = [], []
+  for ckpt in list_checkpoints(path):
+    try:
+      v, _ = load_variables(ckpt, like=like)
+    except MiaInputError as e:
+      raise MiaInputError(f"checkpoints: {os.path.basename(ckpt)} differs from the model's "
+                          f"structure or shapes: {e}") from e
+    trees.append(v)
+    names.append(os.path.basename(ckpt))
+  return stack_variables(trees), names
+
+
+def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member, *,
+                       attacks: Sequence[str] = ("loss", "confidence", "entropy",
+                                                 "modified_entropy"),
+                       microbatch_size: int = 1024) -> list[dict[str, Any]]:
+  """Threshold attacks on every checkpoint of a stack.
+
+  Args:
+    model: the architecture; stacked: variables with leading axis C.
+    x, y: the evaluation examples; is_member: bool[N] ground truth.
+    attacks: names from :data:`mia_jax.attacks.threshold.THRESHOLD_ATTACKS`.
+    microbatch_size: examples per compiled chunk (memory bound: C x microbatch_size).
+  Returns:
+    One dict per checkpoint: {"train_accuracy", "test_accuracy", "attacks": {name: metrics}}.
+  """
+  from mia_jax._validation import check_membership
+  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.metrics import summarize
+  from mia_jax.signals import blackbox_signals
+  is_member = check_membership(is_member, n=np.shape(x)[0])
+  sig = blackbox_signals(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)
+  scores = threshold_scores(sig, attacks)
+  out = []
+  for c in range(sig["loss"].shape[0]):
+    out.append({
+        "train_accuracy": float(sig["correct"][c][is_member].mean()),
+        "test_accuracy": float(sig["correct"][c][~is_member].mean()),
+        "attacks": {a: summarize(s[c], is_member, REPORT_FPRS) for a, s in scores.items()},
+    })
+  return out
+
+
+def plot_checkpoint_metrics(metrics: list[dict], names: Sequence[str], path: str) -> None:
+  """AUC and TPR at 0.1% FPR of every attack against checkpoint index (PNG)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(11, 4))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 3)
+  idx = np.arange(len(metrics))
+  for attack in metrics[0]["attacks"]:
+    axes[0].plot(idx, [m["attacks"][attack]["auc"] for m in metrics], marker="o", label=attack)
+    axes[1].plot(idx, [m["attacks"][attack]["tpr_at_fpr"]["0.001"] for m in metrics], marker="o",
+                 label=attack)
+  axes[2].plot(idx, [m["train_accuracy"] for m in metrics], marker="o", label="train (members)")
+  axes[2].plot(idx, [m["test_accuracy"] for m in metrics], marker="o", label="test (non-members)")
+  for ax, title in zip(axes, ("AUC", "TPR at 0.1% FPR", "accuracy")):
+    ax.set_title(title)
+    ax.set_xlabel("checkpoint index")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{len(metrics)} checkpoints ({names[0]} ... {names[-1]})")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  os.replace(tmp, path)
+
+
+def config_from_dict(d: dict):
+  """AuditConfig from a saved ``config.json`` (lists back to tuples)."""
+  from mia_jax.audit import AuditConfig
+  d = dict(d)
+  for key in ("attacks", "layers"):
+    if d.get(key) is not None:
+      d[key] = tuple(d[key])
+  return AuditConfig(**d)
+
+
+def train_run(config, out_dir: str, *, save_every: int = 1, progress=None,
+              log=lambda s: None) -> list[str]:
+  """Trains the target of ``config`` (same data split as ``mia-jax audit``) and saves a
+  checkpoint every ``save_every`` epochs into ``out_dir/checkpoints/epoch-XXXXXX``.
+
+  Resumable: an interrupted run continues from its last epoch when called again.
+  Returns the checkpoint paths.
+  """
+  import json
+  from mia_jax._validation import check_positive_int
+  from mia_jax.audit import prepare, write_json_atomic
+  from mia_jax.train import save_variables, train_model
+  check_positive_int(save_every, "save_every")
+  out_dir = os.path.abspath(out_dir)
+  cfg_path = os.path.join(out_dir, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      if json.load(f) != json.loads(json.dumps(config.to_dict())):
+        raise MiaInputError(f"out: {out_dir} holds a training run with another configuration")
+  setup = prepare(config)
+  write_json_atomic(cfg_path, config.to_dict())
+  ckpt_dir = os.path.join(out_dir, "checkpoints")
+
+  def on_epoch(epoch, variables):
+    if (epoch + 1) % save_every == 0 or epoch + 1 == config.epochs:
+      save_variables(os.path.join(ckpt_dir, f"epoch-{epoch + 1:06d}"), variables, overwrite=True,
+                     metadata={"epoch": epoch + 1, "model": dict(setup.model.spec)})
+      log(f"saved checkpoint after epoch {epoch + 1}")
+
+  train_model(setup.model, setup.x, setup.y, config=config.train_config(), seed=config.seed,
+              indices=setup.split.target_in, progress=progress, description="target",
+              checkpoint_dir=os.path.join(out_dir, "train_state"), on_epoch=on_epoch)
+  return list_checkpoints(ckpt_dir)
+
+
+def attack_run(run_dir: str, *, checkpoints: str | None = None,
+               attacks: Sequence[str] = ("loss", "confidence", "entropy", "modified_entropy"),
+               microbatch_size: int = 1024, log=lambda s: None) -> dict[str, Any]:
+  """Attacks every checkpoint of a run written by :func:`train_run` (or any directory of
+  checkpoints of the same model, with ``checkpoints``), writes ``checkpoint_results.json``
+  and ``checkpoints.png`` into ``run_dir`` and returns the results."""
+  import json
+  import time
+  from mia_jax.audit import SCHEMA_VERSION, device_info, prepare, versions, write_json_atomic
+  run_dir = os.path.abspath(run_dir)
+  cfg_path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise MiaInputError(f"run: {run_dir} has no config.json (written by 'mia-jax train')")
+  with open(cfg_path) as f:
+    config = config_from_dict(json.load(f))
+  setup = prepare(config)
+  t0 = time.perf_counter()
+  stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
+                                         setup.model)
+  log(f"loaded {len(names)} checkpoints in {time.perf_counter() - t0:.1f}s")
+  ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+  is_member = np.r_[np.ones(setup.split.target_in.size, bool),
+                    np.zeros(setup.split.target_out.size, bool)]
+  t1 = time.perf_counter()
+  metrics = attack_checkpoints(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
+                               attacks=attacks, microbatch_size=microbatch_size)
+  log(f"attacked {len(names)} checkpoints in {time.perf_counter() - t1:.1f}s")
+  results = {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
+             "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],
+             "timings": {"load": t1 - t0, "attack": time.perf_counter() - t1},
+             "versions": versions(), "device": device_info()}
+  write_json_atomic(os.path.join(run_dir, "checkpoint_results.json"), results)
+  plot_checkpoint_metrics(metrics, names, os.path.join(run_dir, "checkpoints.png"))
+  return results

@@ -1,0 +1,86 @@
+"""Many checkpoints: stack round trip, one vmapped pass == per-checkpoint loop, errors, CLI."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mia_jax import checkpoints as ck
+from mia_jax._validation import MiaInputError
+from mia_jax.attacks.threshold import threshold_scores
+from mia_jax.metrics import summarize
+from mia_jax.models import make_model, stack_variables
+from mia_jax.signals import blackbox_signals
+from mia_jax.train import save_variables
+
+MODEL = make_model("mlp", input_shape=(6,), num_classes=3, widths=(5,))
+
+
+def _save_run(tmp_path, count=3):
+  vs = [MODEL.init(jax.random.key(i)) for i in range(count)]
+  d = tmp_path / "ckpts"
+  for i, v in enumerate(vs):
+    save_variables(d / f"epoch-{i + 1:06d}", v)
+  return d, vs
+
+
+def test_stack_round_trip_and_order(tmp_path):
+  d, vs = _save_run(tmp_path)
+  stacked, names = ck.load_checkpoint_stack(d, MODEL)
+  assert names == ["epoch-000001", "epoch-000002", "epoch-000003"]
+  for got, want in zip(jax.tree.leaves(stacked), jax.tree.leaves(stack_variables(vs))):
+    np.testing.assert_array_equal(got, want)
+  # A single checkpoint that already holds a stack loads the same.
+  save_variables(tmp_path / "stacked", stack_variables(vs))
+  again, names2 = ck.load_checkpoint_stack(tmp_path / "stacked", MODEL)
+  assert len(names2) == 3
+  for got, want in zip(jax.tree.leaves(again), jax.tree.leaves(stacked)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_attack_checkpoints_equals_per_checkpoint_loop(tmp_path):
+  d, vs = _save_run(tmp_path, count=4)
+  stacked, _ = ck.load_checkpoint_stack(d, MODEL)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 40)
+  member = np.arange(40) < 20
+  got = ck.attack_checkpoints(MODEL, stacked, x, y, member, microbatch_size=7)
+  assert len(got) == 4
+  for c, v in enumerate(vs):
+    sig = blackbox_signals(MODEL, v, x, y)
+    for name, s in threshold_scores(sig, ["loss", "confidence", "entropy", "modified_entropy"]).items():
+      want = summarize(s, member, ck.REPORT_FPRS)
+      assert got[c]["attacks"][name]["auc"] == pytest.approx(want["auc"], abs=1e-6)
+    assert got[c]["train_accuracy"] == pytest.approx(sig["correct"][member].mean())
+
+
+def test_errors(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(MiaInputError, match="no mia-jax checkpoints"):
+    ck.load_checkpoint_stack(tmp_path / "empty", MODEL)
+  with pytest.raises(MiaInputError, match="not a directory"):
+    ck.load_checkpoint_stack(tmp_path / "missing", MODEL)
+  d, _ = _save_run(tmp_path, count=2)
+  other = make_model("mlp", input_shape=(6,), num_classes=3, widths=(7,))
+  save_variables(d / "epoch-000009", other.init(jax.random.key(0)))
+  with pytest.raises(MiaInputError, match="epoch-000009"):
+    ck.load_checkpoint_stack(d, MODEL)
+
+
+@pytest.mark.slow
+def test_cli_train_then_attack(tmp_path):
+  from mia_jax import cli
+  run = tmp_path / "run"
+  assert cli.main(["train", "--out", str(run), "--epochs", "4", "--save-every", "2", "--quiet",
+                   "-M", "widths=[32]", "--target-size", "100"]) == 0
+  assert sorted(os.listdir(run / "checkpoints")) == ["epoch-000002", "epoch-000004"]
+  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks", "loss,entropy"]) == 0
+  res = json.loads((run / "checkpoint_results.json").read_text())
+  assert [c["name"] for c in res["checkpoints"]] == ["epoch-000002", "epoch-000004"]
+  assert set(res["checkpoints"][0]["attacks"]) == {"loss", "entropy"}
+  assert (run / "checkpoints.png").stat().st_size > 1000
+  # Training accuracy rises between the checkpoints of this run.
+  assert res["checkpoints"][1]["train_accuracy"] >= res["checkpoints"][0]["train_accuracy"]
