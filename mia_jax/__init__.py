@@ -1,7 +1,8 @@
 """mia-jax: membership-inference attacks in JAX.
 
 Submodules: ``data``, ``models``, ``train``, ``signals``, ``whitebox``, ``metrics``,
-``attacks``, ``defenses``, ``dp``, ``synthesis``, ``audit``. Orientation everywhere:
+``attacks``, ``defenses``, ``dp``, ``synthesis``, ``sharding``, ``checkpoints``,
+``audit``, ``report``. Orientation everywhere:
 higher score = more likely member; ``keep[m, i]`` = example i in model m's training set.
 """
 

@@ -16,6 +16,8 @@ import numpy as np
 from mia_jax._batching import run_microbatched
 from mia_jax._validation import MiaInputError
 from mia_jax.models.base import LayeredModel, Variables, num_stacked
+from mia_jax.sharding import (check_mesh, gather, replicated_sharding, shard_stacked,
+                              stacked_sharding)
 
 SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correct")
 
@@ -98,11 +100,15 @@ def _compiled_logits(model: LayeredModel, stacked: bool):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_signals(model: LayeredModel, stacked: bool):
+def _compiled_signals(model: LayeredModel, stacked: bool, mesh: jax.sharding.Mesh | None = None):
   def batch(variables, xb, yb):
     logits = model.apply(variables, xb)
     return {"logits": logits, **signals_from_logits(logits, yb)}
-  return jax.jit(jax.vmap(batch, in_axes=(0, None, None)) if stacked else batch)
+  shardings = {}
+  if mesh is not None:  # models split over "model", the chunk replicated, outputs per model
+    per_model, whole = stacked_sharding(mesh), replicated_sharding(mesh)
+    shardings = dict(in_shardings=(per_model, whole, whole), out_shardings=per_model)
+  return jax.jit(jax.vmap(batch, in_axes=(0, None, None)) if stacked else batch, **shardings)
 
 
 def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_size: int = 1024,
@@ -117,7 +123,8 @@ def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_s
 
 
 def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
-                     microbatch_size: int = 1024, stacked: bool = False) -> dict[str, np.ndarray]:
+                     microbatch_size: int = 1024, stacked: bool = False,
+                     mesh: jax.sharding.Mesh | None = None) -> dict[str, np.ndarray]:
   """All black-box signals of one model (or M stacked models) on (x, y).
 
   Args:
@@ -126,13 +133,22 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
     x: float[N, *input_shape]; y: int[N].
     microbatch_size: examples per compiled chunk (memory bound).
     stacked: whether ``variables`` holds M models.
+    mesh: optional ``jax.sharding.Mesh`` with a "model" axis whose size divides M
+      (``stacked=True`` only): each device scores its own models on every chunk; the
+      result equals the unsharded one (see docs/multi_device.md).
 
   Returns:
     {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays.
   """
   x, y = model.check_inputs(x, y)
-  check_stacked(variables, stacked)
-  fn = _compiled_signals(model, stacked)
+  m = check_stacked(variables, stacked)
+  if mesh is not None:
+    if not stacked:
+      raise MiaInputError("mesh: sharding over devices needs stacked=True (M models)")
+    variables = shard_stacked(variables, check_mesh(mesh, m))
+  fn = _compiled_signals(model, stacked, mesh)
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
                          out_axis=1 if stacked else 0)
+  if mesh is not None:
+    return gather(out)
   return {k: np.asarray(v) for k, v in out.items()}

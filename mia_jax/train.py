@@ -31,6 +31,8 @@ from mia_jax._batching import on_cpu
 from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
                                  check_labels, check_positive_int)
 from mia_jax.models.base import LayeredModel, Variables
+from mia_jax.sharding import (check_mesh, gather, replicate, replicated_sharding,
+                              shard_stacked, stacked_sharding)
 
 Seed = int | Sequence[int]
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -108,8 +110,9 @@ def _steps(n: int, batch_size: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool):
-  """The compiled epoch, cached per model, recipe and mode so that repeated training
+def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool,
+                    mesh: jax.sharding.Mesh | None = None):
+  """The compiled epoch, cached per model, recipe, mode and mesh so that repeated training
   (shadow models, proxies, tests) compiles once per input shape.
 
   Returns ``(run, tx)`` with ``run(params, other, opt_state, key, x, y, idx, w) ->
@@ -118,9 +121,18 @@ def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool):
   step is called T times from the host, because XLA:CPU runs convolution backward passes
   inside a loop body several times slower (see mia_jax/_batching.py). Both run the same
   step function, so the results are the same.
+
+  With a ``mesh`` (stacked only) the jit pins its shardings: every per-model argument and
+  every output has its model axis split over "model", the data is replicated; so each
+  device steps its own models, and outputs come back placed as inputs (no recompile).
   """
   step, tx = _make_step_fn(model, config)
   axes = (0, 0, 0, 0, None, None, 0, 0, None)
+  shardings = {}
+  if mesh is not None:
+    per_model, whole = stacked_sharding(mesh), replicated_sharding(mesh)
+    shardings = dict(in_shardings=tuple(whole if a is None else per_model for a in axes),
+                     out_shardings=per_model)
   if not on_cpu():
     def epoch(params, other, opt_state, key, x_all, y_all, idx, w):
       def body(carry, batch):
@@ -131,9 +143,11 @@ def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool):
       (params, other, opt_state), (losses, counts) = jax.lax.scan(
           body, (params, other, opt_state), (idx, w, t))
       return params, other, opt_state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1.0)
-    return jax.jit(jax.vmap(epoch, in_axes=axes[:8]) if stacked else epoch), tx
+    if shardings:
+      shardings["in_shardings"] = shardings["in_shardings"][:8]
+    return jax.jit(jax.vmap(epoch, in_axes=axes[:8]) if stacked else epoch, **shardings), tx
 
-  step_jit = jax.jit(jax.vmap(step, in_axes=axes) if stacked else step)
+  step_jit = jax.jit(jax.vmap(step, in_axes=axes) if stacked else step, **shardings)
 
   def run(params, other, opt_state, key, x_all, y_all, idx, w):
     losses, counts = [], []
@@ -238,7 +252,8 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
 def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
                  seed: int = 0, init_variables: Variables | None = None, progress=None,
                  description: str = "training models", checkpoint_dir=None,
-                 checkpoint_every: int = 1, on_epoch=None) -> TrainResult:
+                 checkpoint_every: int = 1, on_epoch=None,
+                 mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains M models at once, model m on the rows where ``keep[m]`` is True.
 
   Args:
@@ -251,9 +266,13 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     progress: optional ``rich.progress.Progress``.
     checkpoint_dir, checkpoint_every, on_epoch: as in :func:`train_model` (the whole
       stack is saved and resumed together).
+    mesh: optional ``jax.sharding.Mesh`` with a "model" axis (``mia_jax.sharding.model_mesh()``)
+      whose size divides M: the models are split over its devices, the data replicated;
+      the result equals training without a mesh (see docs/multi_device.md).
 
   Returns:
-    TrainResult with stacked variables (every leaf has leading axis M) and losses[M, epochs].
+    TrainResult with stacked variables (every leaf has leading axis M; sharded over
+    ``mesh`` when given) and losses[M, epochs].
   """
   x, y = model.check_inputs(x, y)
   keep = as_array(keep, "keep")
@@ -264,9 +283,14 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
   empty = np.where(keep.sum(1) == 0)[0]
   if empty.size:
     raise MiaInputError(f"keep: model(s) {empty[:5].tolist()} have no training examples")
+  if mesh is not None:
+    check_mesh(mesh, keep.shape[0])
+    if checkpoint_dir is not None and jax.process_count() > 1:
+      raise MiaInputError("checkpoint_dir: not supported with a mesh spanning several "
+                          "processes (save the gathered result on one process instead)")
   seeds = [(int(seed), m) for m in range(keep.shape[0])]
   return _train(model, x, y, keep, config, seeds, init_variables, progress, description,
-                True, checkpoint_dir, checkpoint_every, on_epoch)
+                True, checkpoint_dir, checkpoint_every, on_epoch, mesh)
 
 
 def _latest_epoch_checkpoint(checkpoint_dir) -> tuple[int, str | None]:
@@ -292,12 +316,14 @@ def _save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) ->
 
 
 def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked,
-           checkpoint_dir=None, checkpoint_every=1, on_epoch=None):
+           checkpoint_dir=None, checkpoint_every=1, on_epoch=None, mesh=None):
   m_count = keep.shape[0]
-  run, tx = _compiled_epoch(model, config, stacked)
+  run, tx = _compiled_epoch(model, config, stacked, mesh)
   keys = [jax_key(s) for s in seeds]
   if init_variables is None:
     init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in keys])
+    if mesh is not None:
+      init_keys = shard_stacked(init_keys, mesh)
     variables = (_compiled_init(model, stacked)(init_keys) if stacked
                  else _compiled_init(model, stacked)(init_keys[0]))
   else:
@@ -330,6 +356,9 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
     for _ in range(start):  # replay the host shuffles so epoch `start` sees the same order
       for r, idx in zip(rngs, members):
         _epoch_schedule(r, idx, config.batch_size, num_steps)
+  if mesh is not None:  # the models split over the devices, the data on every device
+    params, other, opt_state = shard_stacked((params, other, opt_state), mesh)
+    x_dev, y_dev = replicate((x_dev, y_dev), mesh)
   advance, close = _progress(progress, config.epochs, description)
   for _ in range(start):
     advance()
@@ -340,10 +369,12 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
       idx = jnp.asarray(np.stack([s.idx for s in sched]))
       w = jnp.asarray(np.stack([s.weight for s in sched]))
       ekey = jnp.stack(epoch_keys)
+      if mesh is not None:
+        idx, w, ekey = shard_stacked((idx, w, ekey), mesh)
     else:
       idx, w, ekey = jnp.asarray(sched[0].idx), jnp.asarray(sched[0].weight), epoch_keys[0]
     params, other, opt_state, loss = run(params, other, opt_state, ekey, x_dev, y_dev, idx, w)
-    losses[:, e] = np.asarray(loss).reshape(-1)
+    losses[:, e] = (np.asarray(loss) if mesh is None else gather(loss)).reshape(-1)
     if checkpoint_dir is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == config.epochs):
       _save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
     if on_epoch is not None:
@@ -407,7 +438,9 @@ def load_variables(path: str | os.PathLike, *, like: Variables | None = None) ->
   ckpt = ocp.StandardCheckpointer()
   try:
     if like is not None:
-      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
+      abstract = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype if hasattr(a, "dtype")
+                                         else np.asarray(a).dtype), like)
       variables = ckpt.restore(state, abstract)
     else:
       variables = ckpt.restore(state)
