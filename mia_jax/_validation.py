@@ -110,3 +110,26 @@ def check_in_range(value: Any, name: str, low: float, high: float,
     hb = ")" if high_open else "]"
     raise MiaInputError(f"{name}: expected a value in {lb}{low}, {high}{hb}, got {value!r}")
   return v
+
+
+def check_keep_shape(keep: Any, m: int, n: int, what: str) -> np.ndarray:
+  """keep: bool (or 0/1) matrix of shape [m, n]; ``what`` says what it must match."""
+  arr = as_array(keep, "keep")
+  check_ndim(arr, "keep", 2)
+  if arr.dtype != bool:
+    if not np.issubdtype(arr.dtype, np.integer) or not np.all(np.isin(arr, (0, 1))):
+      raise MiaInputError(f"keep: expected a boolean matrix (or 0/1), got dtype={arr.dtype}")
+    arr = arr.astype(bool)
+  if arr.shape != (m, n):
+    raise MiaInputError(f"keep: expected bool[{m}, {n}] ({what}), got shape {list(arr.shape)}")
+  return arr
+
+
+def check_indices(indices: Any, n: int, name: str = "indices") -> np.ndarray:
+  """A non-empty 1-D array of row indices into an array of n rows (default: all rows)."""
+  if indices is None:
+    return np.arange(n)
+  arr = np.asarray(indices, np.int64)
+  if arr.ndim != 1 or arr.size == 0 or arr.min() < 0 or arr.max() >= n:
+    raise MiaInputError(f"{name}: expected a non-empty 1-D array of rows of x (N={n})")
+  return arr

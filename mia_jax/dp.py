@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
+from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
 from mia_jax.train import Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed, jax_key
 
@@ -243,11 +243,7 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
   if microbatch_size is not None:
     microbatch_size = check_positive_int(microbatch_size, "microbatch_size")
   x, y = model.check_inputs(x, y)
-  if indices is None:
-    indices = np.arange(x.shape[0])
-  indices = np.asarray(indices, np.int64)
-  if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= x.shape[0]:
-    raise MiaInputError(f"indices: expected a non-empty 1-D array of rows of x (N={x.shape[0]})")
+  indices = check_indices(indices, x.shape[0])
   abstract = jax.eval_shape(model.init, jax.random.key(0))
   if set(abstract) != {"params"}:
     raise MiaInputError(

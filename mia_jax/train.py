@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from mia_jax._batching import on_cpu
-from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
+from mia_jax._validation import (check_indices, MiaInputError, as_array, check_finite, check_in_range,
                                  check_labels, check_positive_int)
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.sharding import (check_mesh, gather, replicate, replicated_sharding,
@@ -238,11 +238,7 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     TrainResult(variables, losses[epochs]).
   """
   x, y = model.check_inputs(x, y)
-  if indices is None:
-    indices = np.arange(x.shape[0])
-  indices = np.asarray(indices, np.int64)
-  if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or indices.max() >= x.shape[0]:
-    raise MiaInputError(f"indices: expected a non-empty 1-D array of rows of x (N={x.shape[0]})")
+  indices = check_indices(indices, x.shape[0])
   keep = np.zeros((1, x.shape[0]), bool)
   keep[0, indices] = True
   return _train(model, x, y, keep, config, [_np_seed(seed)], init_variables, progress,

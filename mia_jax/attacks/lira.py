@@ -55,7 +55,7 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from mia_jax import metrics as _metrics
-from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
+from mia_jax._validation import (check_keep_shape, MiaInputError, as_array, check_finite, check_in_range,
                                  check_ndim, check_positive_int)
 
 __all__ = [
@@ -128,17 +128,7 @@ def _check_target(target: Any, n: int, a: int) -> np.ndarray:
 
 
 def _check_keep(keep: Any, m: int, n: int, ref_name: str = "ref") -> np.ndarray:
-  arr = as_array(keep, "keep")
-  check_ndim(arr, "keep", 2)
-  if arr.dtype != bool:
-    if not np.issubdtype(arr.dtype, np.integer) or not np.all(np.isin(arr, (0, 1))):
-      raise MiaInputError(f"keep: expected a boolean matrix (or 0/1), got dtype={arr.dtype}")
-    arr = arr.astype(bool)
-  if arr.shape != (m, n):
-    raise MiaInputError(
-        f"keep: expected bool[{m}, {n}] (models x examples, matching {ref_name}), "
-        f"got shape {arr.shape}")
-  return arr
+  return check_keep_shape(keep, m, n, f"models x examples, matching {ref_name}")
 
 
 def _check_counts(counts: np.ndarray, side: str, what: str, note: str = "") -> None:

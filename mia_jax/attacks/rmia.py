@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
+from mia_jax._validation import (check_keep_shape, MiaInputError, as_array, check_finite, check_in_range,
                                  check_ndim, check_positive_int)
 
 __all__ = ["RmiaState", "rmia_fit", "rmia_score", "rmia_scores"]
@@ -86,17 +86,7 @@ def _check_probs(value: Any, name: str, ndim: int, shape=None, what: str = "") -
 
 
 def _check_keep(keep: Any, m: int, n: int) -> np.ndarray:
-  arr = as_array(keep, "keep")
-  check_ndim(arr, "keep", 2)
-  if arr.dtype != bool:
-    if not np.issubdtype(arr.dtype, np.integer) or not np.all(np.isin(arr, (0, 1))):
-      raise MiaInputError(f"keep: expected a boolean matrix (or 0/1), got dtype={arr.dtype}")
-    arr = arr.astype(bool)
-  if arr.shape != (m, n):
-    raise MiaInputError(
-        f"keep: expected bool[{m}, {n}] (reference models x examples, matching p_ref_x), "
-        f"got shape {list(arr.shape)}")
-  return arr
+  return check_keep_shape(keep, m, n, "reference models x examples, matching p_ref_x")
 
 
 # ---------------------------------------------------------------------------
