@@ -68,7 +68,7 @@ class AuditConfig:
   target_size: int | None = None
   optimizer: str = "adam"
   learning_rate: float = 1e-3
-  epochs: int = 100
+  epochs: int = 60
   batch_size: int = 64
   weight_decay: float = 0.0
   attacks: tuple[str, ...] = DEFAULT_ATTACKS
@@ -78,7 +78,7 @@ class AuditConfig:
   whitebox_setting: str = "shadow"
   target_precision: float = 0.9
   target_fpr: float = 0.01
-  num_reference: int = 16
+  num_reference: int = 8
   num_shadow: int = 4
   rmia_offline_a: float = 0.3
   seed: int = 0
