@@ -12,6 +12,8 @@ dispatch cost is negligible for chunks of hundreds of examples.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Callable, Sequence
 
 import jax
@@ -19,6 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from mia_jax._validation import check_positive_int
+
+
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("mia_jax_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_scope(progress, description: str = "signals"):
+  """Shows a progress bar (a ``rich.progress.Progress``) for every microbatched pass run
+  inside the ``with`` block (signal extraction, Jacobian rows, white-box scores)."""
+  token = _PROGRESS.set((progress, description))
+  try:
+    yield
+  finally:
+    _PROGRESS.reset(token)
 
 
 def on_cpu() -> bool:
@@ -43,6 +59,10 @@ def run_microbatched(fn: Callable, arrays: Sequence[np.ndarray], microbatch_size
   n = int(arrays[0].shape[0])
   mb = max(1, min(microbatch_size, n))
   outs = []
+  active = _PROGRESS.get()
+  task = None
+  if active is not None and active[0] is not None and n > mb:
+    task = active[0].add_task(f"{active[1]} ({n} examples)", total=-(-n // mb))
   for start in range(0, n, mb):
     chunk = [a[start:start + mb] for a in arrays]
     real = int(chunk[0].shape[0])
@@ -53,4 +73,8 @@ def run_microbatched(fn: Callable, arrays: Sequence[np.ndarray], microbatch_size
     if real < mb:
       out = jax.tree.map(lambda o: jax.lax.slice_in_dim(o, 0, real, axis=out_axis), out)
     outs.append(out)
+    if task is not None:
+      active[0].advance(task)
+  if task is not None:
+    active[0].remove_task(task)
   return jax.tree.map(lambda *o: jnp.concatenate(o, axis=out_axis), *outs)

@@ -243,11 +243,19 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   """Runs an audit and writes results into ``out_dir`` (see module docstring).
 
   A finished run (``results.json`` present) is not overwritten unless ``overwrite``; an
-  unfinished one is resumed: the saved target is reused.
+  unfinished one is resumed from its checkpoints. ``progress`` (a rich Progress) shows
+  bars for every training and every microbatched signal pass.
 
   Returns:
     The results dict written to ``results.json``.
   """
+  from mia_jax._batching import progress_scope
+  with progress_scope(progress, "signals"):
+    return _run_audit(config, out_dir, overwrite=overwrite, progress=progress, log=log)
+
+
+def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
+               log: Callable[[str], None]) -> dict[str, Any]:
   import jax  # noqa: F401  (device info)
 
   from mia_jax.attacks import stolen_memories as sm

@@ -220,7 +220,7 @@ def _cmd_audit(args) -> int:
     results = run_audit(config, run["out"], overwrite=run["overwrite"], log=log)
   else:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("epochs"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
       results = run_audit(config, run["out"], overwrite=run["overwrite"], progress=progress,
                           log=log)

@@ -73,3 +73,35 @@ def test_bad_input_is_a_clear_error_without_traceback(tmp_path, args, needle):
   assert "Traceback" not in out.stderr
   assert needle in out.stderr
   assert out.stderr.startswith("mia-jax: error:")
+
+
+def test_progress_bars_cover_training_and_signal_passes():
+  """Every training and every multi-chunk signal pass gets a progress task."""
+  import numpy as np
+  from mia_jax._batching import progress_scope
+  from mia_jax.models import make_model
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import TrainConfig, train_model
+
+  class Recorder:
+    def __init__(self):
+      self.tasks, self.advanced = {}, {}
+    def add_task(self, description, total):
+      self.tasks[len(self.tasks)] = (description, total)
+      self.advanced[len(self.tasks) - 1] = 0
+      return len(self.tasks) - 1
+    def advance(self, task, n=1):
+      self.advanced[task] += n
+    def remove_task(self, task):
+      pass
+
+  model = make_model("mlp", input_shape=(4,), num_classes=2, widths=(3,))
+  x = np.zeros((10, 4), np.float32)
+  y = np.arange(10) % 2
+  rec = Recorder()
+  with progress_scope(rec, "signals"):
+    v = train_model(model, x, y, config=TrainConfig(epochs=3, batch_size=4), progress=rec).variables
+    blackbox_signals(model, v, x, y, microbatch_size=4)
+  assert [t[1] for t in rec.tasks.values()] == [3, 3]  # 3 epochs; 10 examples in 3 chunks
+  assert list(rec.advanced.values()) == [3, 3]
+  assert "signals" in rec.tasks[1][0]
