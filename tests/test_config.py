@@ -33,7 +33,7 @@ VALUES = {
     "whitebox_setting": ("nonmember", ["--whitebox-setting", "nonmember"]),
     "target_precision": (0.75, ["--target-precision", "0.75"]),
     "target_fpr": (0.05, ["--target-fpr", "0.05"]),
-    "num_reference": (8, ["--num-reference", "8"]),
+    "num_reference": (12, ["--num-reference", "12"]),
     "num_shadow": (2, ["--num-shadow", "2"]),
     "rmia_offline_a": (0.5, ["--rmia-offline-a", "0.5"]),
     "seed": (9, ["--seed", "9"]),
