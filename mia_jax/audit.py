@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 BLACKBOX_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
 REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
 SHADOW_ATTACKS = ("shokri",)
-WHITEBOX_ATTACKS = ("stolen-memories",)
+WHITEBOX_ATTACKS = ("gradient-norm", "stolen-memories")
 ALL_ATTACKS = BLACKBOX_ATTACKS + REFERENCE_ATTACKS + SHADOW_ATTACKS + WHITEBOX_ATTACKS
 DEFAULT_ATTACKS = ALL_ATTACKS
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
@@ -383,6 +383,19 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     scores["shokri"] = stages.run("shokri", run_shokri)
     attacks_out["shokri"] = summarize(scores["shokri"], is_member, REPORT_FPRS)
     attacks_out["shokri"]["num_shadow"] = config.num_shadow
+
+  if "gradient-norm" in config.attacks:
+    from mia_jax.whitebox import gradient_norms
+    norms = stages.run("gradient_norm", lambda: gradient_norms(
+        model, target, x[eval_idx], y[eval_idx], microbatch_size=min(config.microbatch_size, 256)))
+    scores["gradient-norm"] = -norms["total"].astype(np.float64)
+    entry = summarize(scores["gradient-norm"], is_member, REPORT_FPRS)
+    entry["layers"] = {}
+    for stage, n in norms.items():
+      if stage != "total":
+        scores[f"gradient-norm/{stage}"] = -n.astype(np.float64)
+        entry["layers"][stage] = summarize(scores[f"gradient-norm/{stage}"], is_member, REPORT_FPRS)
+    attacks_out["gradient-norm"] = entry
 
   if "stolen-memories" in config.attacks:
     smc = sm.StolenMemoriesConfig(layers=config.layers, num_proxies=config.num_proxies,

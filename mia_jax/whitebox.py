@@ -266,3 +266,35 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
   out = run_microbatched(lambda xb, yb: fn(target_variables, proxies, means, xb, yb), [x, y],
                          microbatch_size, out_axis=1 if stacked else 0)
   return {k: np.asarray(v) for k, v in out.items()}
+
+
+# -- gradient features (Nasr, Shokri & Houmansadr, S&P 2019) ---------------------------------
+
+@functools.lru_cache(maxsize=32)
+def _compiled_grad_norms(model: LayeredModel):
+  def per_example(variables, x1, y1):
+    def loss(params):
+      logits = model.apply({**variables, "params": params}, x1[None])
+      return -jax.nn.log_softmax(logits)[0, y1]
+    grads = jax.grad(loss)(variables["params"])
+    norms = {stage: jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+             for stage, tree in grads.items()}
+    norms["total"] = jnp.sqrt(sum(jnp.square(v) for v in norms.values()))
+    return norms
+  return jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))
+
+
+def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
+                   microbatch_size: int = 256) -> dict[str, np.ndarray]:
+  """Per-example L2 norms of the loss gradient with respect to each stage's parameters
+  (and ``"total"`` over all of them): the white-box gradient features of Nasr, Shokri &
+  Houmansadr (S&P 2019). Members tend to have smaller gradients; the attack score is
+  ``-norm`` (higher = member).
+
+  Returns:
+    {stage: float[N], ..., "total": float[N]} as NumPy arrays.
+  """
+  x, y = model.check_inputs(x, y)
+  fn = _compiled_grad_norms(model)
+  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size)
+  return {k: np.asarray(v) for k, v in out.items()}

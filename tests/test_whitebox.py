@@ -146,3 +146,23 @@ def test_bad_inputs():
     whitebox.layer_scores(model, v, {"input": proxy}, means, x, y)
   with pytest.raises(MiaInputError, match="means"):
     whitebox.layer_scores(model, v, {"input": stack_variables([v])}, {}, x, y)
+
+
+def test_gradient_norms_match_naive_loop():
+  model = make_model("small_cnn", input_shape=(8, 8, 1), num_classes=3, channels=(2,), hidden=4)
+  v = model.init(jax.random.key(0))
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
+  y = rng.integers(0, 3, 5)
+  got = whitebox.gradient_norms(model, v, x, y, microbatch_size=2)
+  assert set(got) == {"conv_0", "fc", "logits", "total"}
+  for i in range(5):
+    def loss(params, i=i):
+      logits = model.apply({"params": params}, x[i:i + 1])
+      return -jax.nn.log_softmax(logits)[0, y[i]]
+    g = jax.grad(loss)(v["params"])
+    per_stage = {s: np.sqrt(sum(float(np.sum(np.square(a))) for a in jax.tree.leaves(t)))
+                 for s, t in g.items()}
+    for s, n in per_stage.items():
+      assert got[s][i] == pytest.approx(n, rel=1e-4)
+    assert got["total"][i] == pytest.approx(np.sqrt(sum(n ** 2 for n in per_stage.values())), rel=1e-4)
