@@ -27,6 +27,17 @@ def as_array(value: Any, name: str) -> np.ndarray:
   return arr
 
 
+def as_bool(arr: np.ndarray, name: str) -> np.ndarray:
+  """Booleans, or numbers that are all 0/1, as a bool array; anything else is an error."""
+  if arr.dtype == bool:
+    return arr
+  if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    raise MiaInputError(f"{name}: expected booleans, got dtype={arr.dtype}")
+  if not np.all(np.isin(arr, (0, 1))):
+    raise MiaInputError(f"{name}: expected booleans or 0/1 values")
+  return arr.astype(bool)
+
+
 def check_ndim(arr: np.ndarray, name: str, ndim: int | tuple[int, ...]) -> None:
   allowed = (ndim,) if isinstance(ndim, int) else ndim
   if arr.ndim not in allowed:
@@ -57,12 +68,7 @@ def check_membership(is_member: Any, n: int | None = None, name: str = "is_membe
   """1-D boolean membership labels (0/1 ints accepted), both classes present."""
   arr = as_array(is_member, name)
   check_ndim(arr, name, 1)
-  if arr.dtype != bool:
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-      raise MiaInputError(f"{name}: expected booleans, got dtype={arr.dtype}")
-    if not np.all(np.isin(arr, (0, 1))):
-      raise MiaInputError(f"{name}: expected booleans or 0/1 values")
-    arr = arr.astype(bool)
+  arr = as_bool(arr, name)
   if n is not None and arr.shape[0] != n:
     raise MiaInputError(f"{name}: expected length {n} (same as the scores), got {arr.shape[0]}")
   if require_both:
@@ -116,10 +122,7 @@ def check_keep_shape(keep: Any, m: int, n: int, what: str) -> np.ndarray:
   """keep: bool (or 0/1) matrix of shape [m, n]; ``what`` says what it must match."""
   arr = as_array(keep, "keep")
   check_ndim(arr, "keep", 2)
-  if arr.dtype != bool:
-    if not np.issubdtype(arr.dtype, np.integer) or not np.all(np.isin(arr, (0, 1))):
-      raise MiaInputError(f"keep: expected a boolean matrix (or 0/1), got dtype={arr.dtype}")
-    arr = arr.astype(bool)
+  arr = as_bool(arr, "keep")
   if arr.shape != (m, n):
     raise MiaInputError(f"keep: expected bool[{m}, {n}] ({what}), got shape {list(arr.shape)}")
   return arr

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mia_jax._validation import MiaInputError, as_array, check_positive_int
+from mia_jax._validation import MiaInputError, as_array, as_bool, check_positive_int
 
 
 class MembershipSplit(NamedTuple):
@@ -133,12 +133,7 @@ def check_keep(keep: Any, num_examples: int | None = None, *, require_in_and_out
   if arr.ndim != 2:
     raise MiaInputError(f"{name}: expected a 2-D [num_models, num_examples] array, got shape "
                         f"{arr.shape}")
-  if arr.dtype != bool:
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-      raise MiaInputError(f"{name}: expected booleans, got dtype={arr.dtype}")
-    if not np.all(np.isin(arr, (0, 1))):
-      raise MiaInputError(f"{name}: expected booleans or 0/1 values")
-    arr = arr.astype(bool)
+  arr = as_bool(arr, name)
   if arr.shape[0] < 1:
     raise MiaInputError(f"{name}: expected at least one model (row), got shape {arr.shape}")
   if num_examples is not None and arr.shape[1] != num_examples:
