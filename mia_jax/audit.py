@@ -282,9 +282,14 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
   if os.path.exists(cfg_path):
     with open(cfg_path) as f:
       previous = json.load(f)
-    if previous != json.loads(json.dumps(config.to_dict())):
-      changed = sorted(k for k in set(previous) | set(config.to_dict())
-                       if previous.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+    # Options added to AuditConfig after the run started count with their defaults, so a
+    # run begun by an older version resumes when nothing it used has changed.
+    defaults = json.loads(json.dumps(AuditConfig().to_dict()))
+    previous = {**defaults, **previous}
+    current = json.loads(json.dumps(config.to_dict()))
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
       raise MiaInputError(
           f"out: {out_dir} holds an unfinished run with another configuration (differs in "
           f"{changed}); rerun with the same options to resume, or pass --overwrite")

@@ -61,3 +61,23 @@ def test_resume_refuses_a_different_configuration(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert "another configuration" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_started_by_an_older_version_resumes(tmp_path, monkeypatch):
+  """A config.json without options added later (they take their defaults) is the same
+  configuration; a changed value is still refused."""
+  from mia_jax import audit
+  cfg = audit.AuditConfig(epochs=1, attacks=("loss",), target_size=50)
+  older = cfg.to_dict()
+  del older["num_shadow"], older["rmia_offline_a"]  # as written before these existed
+  run = tmp_path / "r"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps(older))
+  res = audit.run_audit(cfg, str(run))
+  assert res["config"]["num_shadow"] == audit.AuditConfig().num_shadow
+  other = tmp_path / "o"
+  other.mkdir()
+  older["epochs"] = 2
+  (other / "config.json").write_text(json.dumps(older))
+  with pytest.raises(audit.MiaInputError, match="epochs"):
+    audit.run_audit(cfg, str(other))
