@@ -82,6 +82,36 @@ def signals_from_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]
   }
 
 
+PROB_FLOOR = 1e-30
+"""Probabilities below this count as this value in logarithms of defended outputs."""
+
+
+def signals_from_probs(probs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+  """Every black-box signal from the probability vector an API returns, float[..., K].
+
+  Used when the prediction API is defended (:mod:`mia_jax.defenses`: top-k, rounding,
+  temperature, label-only): the attacker sees only these vectors, not the logits. The
+  vectors need not sum to 1 (top-k keeps the model's own values). Logarithms use
+  ``max(p, PROB_FLOOR)``, so a zeroed true class gives a large finite loss:
+
+  * loss ``-log p_y``; confidence ``p_y``; scaled logit ``log p_y - log(sum_{k!=y} p_k)``;
+  * entropy ``-sum_k p_k log p_k``; modified entropy as :func:`modified_entropy` with
+    ``log(1 - p_k)`` taken directly; correct: argmax (lower index on ties) equals y.
+  """
+  p = probs
+  log = lambda a: jnp.log(jnp.maximum(a, PROB_FLOOR))  # noqa: E731
+  mask = jax.nn.one_hot(y, p.shape[-1], dtype=bool)
+  p_y = _take(p, y)
+  others = jnp.sum(jnp.where(mask, 0.0, p), axis=-1)
+  ent = -jnp.sum(jnp.where(p > 0, p * log(p), 0.0), axis=-1)
+  wrong = jnp.sum(jnp.where(mask | (p <= 0), 0.0, p * log(1.0 - p)), axis=-1)
+  return {
+      "loss": -log(p_y), "confidence": p_y, "scaled_logit": log(p_y) - log(others),
+      "entropy": ent, "modified_entropy": -(1.0 - p_y) * log(p_y) - wrong,
+      "correct": (jnp.argmax(p, -1) == y).astype(jnp.float32),
+  }
+
+
 def check_stacked(variables: Variables, stacked: bool, name: str = "variables") -> int | None:
   """Number of stacked models (None if not stacked); validates the leading axis."""
   if not stacked:
@@ -100,10 +130,17 @@ def _compiled_logits(model: LayeredModel, stacked: bool):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_signals(model: LayeredModel, stacked: bool, mesh: jax.sharding.Mesh | None = None):
+def _compiled_signals(model: LayeredModel, stacked: bool, mesh: jax.sharding.Mesh | None = None,
+                      defenses: tuple = ()):
+  from mia_jax.defenses import apply_defenses
+
   def batch(variables, xb, yb):
     logits = model.apply(variables, xb)
-    return {"logits": logits, **signals_from_logits(logits, yb)}
+    if not defenses:
+      return {"logits": logits, **signals_from_logits(logits, yb)}
+    probs = apply_defenses(logits, defenses)
+    return {"logits": jnp.log(jnp.maximum(probs, PROB_FLOOR)), "probs": probs,
+            **signals_from_probs(probs, yb)}
   shardings = {}
   if mesh is not None:  # models split over "model", the chunk replicated, outputs per model
     per_model, whole = stacked_sharding(mesh), replicated_sharding(mesh)
@@ -124,7 +161,8 @@ def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_s
 
 def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
                      microbatch_size: int = 1024, stacked: bool = False,
-                     mesh: jax.sharding.Mesh | None = None) -> dict[str, np.ndarray]:
+                     mesh: jax.sharding.Mesh | None = None, defenses=()
+                     ) -> dict[str, np.ndarray]:
   """All black-box signals of one model (or M stacked models) on (x, y).
 
   Args:
@@ -136,17 +174,23 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
     mesh: optional ``jax.sharding.Mesh`` with a "model" axis whose size divides M
       (``stacked=True`` only): each device scores its own models on every chunk; the
       result equals the unsharded one (see docs/multi_device.md).
+    defenses: prediction-API defense specs (:func:`mia_jax.defenses.apply_defenses`,
+      e.g. ``("top-k=3",)``): the signals are then those of the defended probability
+      vectors (:func:`signals_from_probs`), as an attacker querying that API sees them.
 
   Returns:
-    {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays.
+    {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays. With
+    defenses, "probs" holds the returned vectors and "logits" their logarithms.
   """
+  from mia_jax.defenses import parse_defenses
   x, y = model.check_inputs(x, y)
+  defenses = parse_defenses(defenses, model.num_classes)
   m = check_stacked(variables, stacked)
   if mesh is not None:
     if not stacked:
       raise MiaInputError("mesh: sharding over devices needs stacked=True (M models)")
     variables = shard_stacked(variables, check_mesh(mesh, m))
-  fn = _compiled_signals(model, stacked, mesh)
+  fn = _compiled_signals(model, stacked, mesh, defenses)
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
                          out_axis=1 if stacked else 0)
   if mesh is not None:
