@@ -32,6 +32,8 @@ WHITEBOX_ATTACKS = ("gradient-norm", "stolen-memories")
 ALL_ATTACKS = BLACKBOX_ATTACKS + REFERENCE_ATTACKS + SHADOW_ATTACKS + WHITEBOX_ATTACKS
 DEFAULT_ATTACKS = ALL_ATTACKS
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+SHADOW_SOURCES = ("real", "noisy", "marginals", "synthetic")
+LIRA_AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,27 @@ class AuditConfig:
       example is IN for exactly half of them).
     num_shadow: shadow models for Shokri et al. (trained on the auxiliary data only).
     rmia_offline_a: the offline RMIA constant ``a`` in P_IN ~ a P_OUT + (1 - a).
+    defenses: prediction-API defenses (``"top-k=3"``, ``"round=2"``, ``"temperature=20"``,
+      ``"label-only"``; :mod:`mia_jax.defenses`), applied in order to every output a
+      black-box attack sees: the target's, and the attacker's own reference and shadow
+      models' (the attacker queries them through the same API). White-box attacks read
+      the weights and are unaffected.
+    dp_epsilon: train with DP-SGD, noise calibrated so that the target's training is
+      (dp_epsilon, delta)-DP (dp-accounting RDP accountant, Poisson sampling). Reference,
+      shadow and white-box shadow models use the same recipe (same noise multiplier).
+    noise_multiplier: train with DP-SGD at this noise multiplier instead (the epsilon it
+      gives is reported); at most one of dp_epsilon and noise_multiplier.
+    clip_norm: DP-SGD per-example clipping norm C.
+    delta: DP delta, in (0, 1).
+    shadow_source: the Shokri et al. shadow models' training data: "real" (the auxiliary
+      data), "noisy" (it with a fraction ``shadow_noise`` of binary features flipped, or
+      Gaussian noise of relative std ``shadow_noise`` for real features), "marginals"
+      (per-class feature marginals of it) or "synthetic" (hill-climbing synthesis that
+      queries the target's API; features assumed binary or in [0, 1]).
+    shadow_noise: see shadow_source.
+    lira_augmentations: LiRA's query augmentations for images: "none", "flip" (the
+      mirror image), "shift" (the 9 one-pixel shifts), "flip+shift" (18, the reference
+      code's set).
     seed: fixes the split, all training and all attacks.
     microbatch_size: examples per compiled chunk in signal passes.
   """
@@ -81,6 +104,14 @@ class AuditConfig:
   num_reference: int = 8
   num_shadow: int = 4
   rmia_offline_a: float = 0.3
+  defenses: tuple[str, ...] = ()
+  dp_epsilon: float | None = None
+  noise_multiplier: float | None = None
+  clip_norm: float = 1.0
+  delta: float = 1e-5
+  shadow_source: str = "real"
+  shadow_noise: float = 0.1
+  lira_augmentations: str = "none"
   seed: int = 0
   microbatch_size: int = 512
 
@@ -103,7 +134,31 @@ class AuditConfig:
       raise MiaInputError(f"num_reference: expected an even number >= 2, got {self.num_reference}")
     check_positive_int(self.num_shadow, "num_shadow")
     check_in_range(self.rmia_offline_a, "rmia_offline_a", 0, 1)
+    from mia_jax.defenses import parse_defenses
+    parse_defenses(self.defenses)  # names and values; k <= K is checked with the data
+    if self.dp_epsilon is not None and self.noise_multiplier is not None:
+      raise MiaInputError("dp_epsilon, noise_multiplier: give at most one (the noise is "
+                          "calibrated to dp_epsilon, or dp_epsilon follows from the noise)")
+    if self.dp_epsilon is not None:
+      check_in_range(self.dp_epsilon, "dp_epsilon", 0, float("inf"), low_open=True,
+                     high_open=True)
+    if self.noise_multiplier is not None:
+      check_in_range(self.noise_multiplier, "noise_multiplier", 0, float("inf"),
+                     high_open=True)
+    check_in_range(self.clip_norm, "clip_norm", 0, float("inf"), low_open=True, high_open=True)
+    check_in_range(self.delta, "delta", 0, 1, low_open=True, high_open=True)
+    if self.shadow_source not in SHADOW_SOURCES:
+      raise MiaInputError(f"shadow_source: expected one of {SHADOW_SOURCES}, got "
+                          f"{self.shadow_source!r}")
+    check_in_range(self.shadow_noise, "shadow_noise", 0, 1)
+    if self.lira_augmentations not in LIRA_AUGMENTATIONS:
+      raise MiaInputError(f"lira_augmentations: expected one of {LIRA_AUGMENTATIONS}, got "
+                          f"{self.lira_augmentations!r}")
     self.train_config()  # validates the recipe
+
+  @property
+  def uses_dp(self) -> bool:
+    return self.dp_epsilon is not None or self.noise_multiplier is not None
 
   def train_config(self):
     from mia_jax.train import TrainConfig
@@ -114,6 +169,7 @@ class AuditConfig:
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     d["attacks"] = list(self.attacks)
+    d["defenses"] = list(self.defenses)
     d["layers"] = list(self.layers) if self.layers is not None else None
     return d
 
@@ -224,18 +280,120 @@ def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
 
 
 def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log,
-                    checkpoint_dir=None):
-  """Trains M models at once, or reloads them from ``path`` when a run is resumed."""
+                    checkpoint_dir=None, train_one=None):
+  """Trains M models at once, or reloads them from ``path`` when a run is resumed.
+
+  ``train_one(x, y, indices, seed) -> variables`` (DP-SGD) trains them one at a time
+  instead, model m with seed ``(seed, m)`` as :func:`mia_jax.train.train_models` does.
+  """
   import jax
+  import jax.numpy as jnp
   from mia_jax.train import load_variables, save_variables, train_models
   if os.path.isdir(path):
     like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), keep.shape[0]))
     log(f"resuming: reusing {description} from {path}")
     return load_variables(path, like=like)[0]
-  res = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
-                     description=description, checkpoint_dir=checkpoint_dir)
-  save_variables(path, res.variables, metadata={"model": dict(model.spec), "keep": keep.tolist()})
-  return res.variables
+  if train_one is None:
+    variables = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
+                             description=description, checkpoint_dir=checkpoint_dir).variables
+  else:
+    each = []
+    for m in range(keep.shape[0]):
+      log(f"{description}: training model {m + 1}/{keep.shape[0]} with DP-SGD")
+      each.append(train_one(x, y, np.flatnonzero(keep[m]), (seed, m)))
+    variables = jax.tree.map(lambda *a: jnp.stack(a), *each)
+  save_variables(path, variables, metadata={"model": dict(model.spec), "keep": keep.tolist()})
+  return variables
+
+
+def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray,
+                    ay: np.ndarray):
+  """The Shokri et al. shadow models' records from ``config.shadow_source``.
+
+  Returns ``(x, y, synthesis)``; ``synthesis`` describes the model-based search (records
+  attempted and emitted, target queries per emitted record) or is None.
+  """
+  if config.shadow_source == "real":
+    return ax, ay, None
+  import jax.numpy as jnp
+
+  from mia_jax.attacks import shokri
+  from mia_jax.defenses import apply_defenses
+  from mia_jax.synthesis import binary_sampler, uniform_sampler
+  shape = ax.shape[1:]
+  flat = ax.reshape(ax.shape[0], -1)
+  opts = {}
+  if config.shadow_source == "synthetic":
+    binary = bool(np.all((flat == 0) | (flat == 1)))
+    opts = dict(query_fn=lambda xb: apply_defenses(
+        model.apply(target, jnp.reshape(xb, (-1, *shape))), defenses),
+        synthesis_options={"feature_sampler": binary_sampler if binary else uniform_sampler})
+  data = shokri.shadow_data(config.shadow_source, num_records=ax.shape[0], seed=config.seed + 29,
+                            x=flat, y=ay, noise=config.shadow_noise, **opts)
+  synthesis = None
+  if data.queries is not None:
+    q = np.asarray(data.queries, np.float64)
+    synthesis = {"attempted": int(data.attempted), "emitted": int(data.x.shape[0]),
+                 "queries_mean": float(q.mean()) if q.size else None,
+                 "queries_median": float(np.median(q)) if q.size else None}
+    if data.x.shape[0] < 4:
+      raise MiaInputError(f"shadow_source: the synthesis emitted only {data.x.shape[0]} of "
+                          f"{data.attempted} records; too few to train shadow models")
+  return np.asarray(data.x).reshape(-1, *shape), np.asarray(data.y), synthesis
+
+
+def _dp_setup(config: AuditConfig, num_members: int) -> dict[str, Any]:
+  """The DP-SGD noise and accounting of the target's training (see AuditConfig)."""
+  from mia_jax import dp
+  tcfg = config.train_config()
+  q = dp.sampling_rate(num_members, tcfg.batch_size)
+  steps = tcfg.epochs * dp.steps_per_epoch(num_members, tcfg.batch_size)
+  if config.noise_multiplier is not None:
+    sigma = float(config.noise_multiplier)
+  else:
+    sigma = dp.noise_for_epsilon(config.dp_epsilon, q, steps, config.delta)
+  eps = dp.epsilon_for(sigma, q, steps, config.delta)
+  return {"epsilon": eps, "target_epsilon": config.dp_epsilon, "delta": config.delta,
+          "noise_multiplier": sigma, "clip_norm": config.clip_norm, "sampling_rate": q,
+          "steps": steps, "sampling": "poisson"}
+
+
+def _dp_results(dp_info: dict[str, Any], attacks_out: dict[str, Any]) -> dict[str, Any]:
+  """``results["dp"]``: the accounting, the attacks' accuracy and the bounds at epsilon
+  (lists with one entry per epsilon, so sweeps concatenate; see docs/results_schema.md)."""
+  import math
+
+  from mia_jax import dp
+  eps, delta = dp_info["epsilon"], dp_info["delta"]
+  finite = math.isfinite(eps)
+  out = {**dp_info, "epsilon": [eps if finite else "inf"],
+         "attack_accuracy": {k: [v["balanced_accuracy"]] for k, v in attacks_out.items()},
+         "attack_advantage": {k: [v["advantage"]] for k, v in attacks_out.items()},
+         "bounds": {}, "tpr_bound_at_fpr": {}}
+  if finite:
+    out["bounds"] = {k: [v] for k, v in dp.membership_advantage_bounds(eps, delta).items()
+                     if math.isfinite(v)}
+    out["tpr_bound_at_fpr"] = {repr(float(f)): float(dp.tpr_bound(f, eps, delta))
+                               for f in REPORT_FPRS}
+  return out
+
+
+def _decision_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float
+                      ) -> dict[str, Any]:
+  """Accuracy, precision and recall of the rule ``score >= threshold``."""
+  pred = scores >= threshold
+  tp = int(np.sum(pred & is_member))
+  return {"threshold": float(threshold), "accuracy": float(np.mean(pred == is_member)),
+          "precision": float(tp / pred.sum()) if pred.any() else None,
+          "recall": float(tp / is_member.sum()), "predicted_members": int(pred.sum())}
+
+
+def _augmentation_views(name: str):
+  """(flip, shifts) for LiRA's query augmentations, or None for "none"."""
+  from mia_jax.attacks.lira import SHIFTS_3X3
+  shifts = ((0, 0),) + tuple(d for d in SHIFTS_3X3 if d != (0, 0))
+  return {"none": None, "flip": (True, ((0, 0),)), "shift": (False, shifts),
+          "flip+shift": (True, shifts)}[name]
 
 
 def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, progress=None,
@@ -303,6 +461,29 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     from mia_jax.whitebox import _check_layers
     _check_layers(model, config.layers)  # before any training
   tcfg = config.train_config()
+  from mia_jax.defenses import parse_defenses
+  defenses = parse_defenses(config.defenses, ds.num_classes)  # k <= K, before training
+  views = _augmentation_views(config.lira_augmentations)
+  if views is not None and len(ds.feature_shape) != 3:
+    raise MiaInputError(f"lira_augmentations: {config.lira_augmentations!r} needs images "
+                        f"[H, W, C]; dataset {ds.name!r} has features of shape "
+                        f"{tuple(ds.feature_shape)}")
+  dp_info = None
+  if config.uses_dp:
+    import jax
+    if set(jax.eval_shape(model.init, jax.random.key(0))) != {"params"}:
+      raise MiaInputError(f"dp_epsilon/noise_multiplier: DP-SGD needs per-example gradients, "
+                          f"but model {model.name!r} has non-parameter state (BatchNorm)")
+    dp_info = _dp_setup(config, n_target)
+    log(f"DP-SGD: noise multiplier {dp_info['noise_multiplier']:.4f}, clip norm "
+        f"{config.clip_norm}, epsilon {dp_info['epsilon']:.4g} at delta {config.delta}")
+
+  def train_dp(xs, ys, indices, seed):
+    from mia_jax.dp import train_model_dp
+    return train_model_dp(model, xs, ys, config=tcfg, noise_multiplier=dp_info["noise_multiplier"],
+                          clip_norm=config.clip_norm, seed=seed, indices=indices).variables
+
+  train_one = train_dp if dp_info is not None else None
 
   target_dir = os.path.join(out_dir, "target")
 
@@ -313,19 +494,27 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
       log(f"resuming: reusing the trained target in {target_dir}")
       like = model.init(__import__("jax").random.key(0))
       return load_variables(target_dir, like=like)[0]
-    res = train_model(model, x, y, config=tcfg, seed=config.seed, indices=split.target_in,
-                      progress=progress, description="target",
-                      checkpoint_dir=os.path.join(work, "target"))
-    save_variables(target_dir, res.variables, metadata={"model": dict(model.spec)})
-    return res.variables
+    if train_one is not None:
+      variables = train_one(x, y, split.target_in, config.seed)
+    else:
+      variables = train_model(model, x, y, config=tcfg, seed=config.seed,
+                              indices=split.target_in, progress=progress, description="target",
+                              checkpoint_dir=os.path.join(work, "target")).variables
+    save_variables(target_dir, variables, metadata={"model": dict(model.spec)})
+    return variables
 
   target = stages.run("train_target", train_target)
   eval_idx = np.concatenate([split.target_in, split.target_out])
   is_member = np.r_[np.ones(split.target_in.size, bool), np.zeros(split.target_out.size, bool)]
   bb = stages.run("blackbox_signals", lambda: blackbox_signals(
-      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size))
-  train_acc = float(bb["correct"][is_member].mean())
-  test_acc = float(bb["correct"][~is_member].mean())
+      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size,
+      defenses=defenses))
+  # The target's accuracy is the model's own (argmax of its logits): defenses that round
+  # or truncate probabilities may create ties the API's argmax breaks differently.
+  raw_correct = bb["correct"] if not defenses else blackbox_signals(
+      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size)["correct"]
+  train_acc = float(raw_correct[is_member].mean())
+  test_acc = float(raw_correct[~is_member].mean())
 
   scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
@@ -345,19 +534,41 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     keep = keep_matrix(config.num_reference, eval_idx.size, seed=config.seed + 17)
     refs = stages.run("reference_models", lambda: _stacked_models(
         os.path.join(out_dir, "reference"), model, x[eval_idx], y[eval_idx], keep, tcfg,
-        config.seed + 1, progress, "reference models", log, os.path.join(work, "reference")))
+        config.seed + 1, progress, "reference models", log, os.path.join(work, "reference"),
+        train_one))
     pool = np.concatenate([eval_idx, split.auxiliary])
     ref_sig = stages.run("reference_signals", lambda: blackbox_signals(
-        model, refs, x[pool], y[pool], microbatch_size=config.microbatch_size, stacked=True))
+        model, refs, x[pool], y[pool], microbatch_size=config.microbatch_size, stacked=True,
+        defenses=defenses))
     ne = eval_idx.size
     tgt_z = blackbox_signals(model, target, x[split.auxiliary], y[split.auxiliary],
-                             microbatch_size=config.microbatch_size)["confidence"]
+                             microbatch_size=config.microbatch_size,
+                             defenses=defenses)["confidence"]
     sl, conf = ref_sig["scaled_logit"], ref_sig["confidence"]
+    tgt_sl, ref_sl = bb["scaled_logit"], sl[:, :ne]
+    if views is not None and any(a.startswith("lira") for a in ref_attacks):
+      def augmented():  # LiRA's A axis: [N, A] for the target, [M, N, A] for references
+        ax = lira.augmentations(x[eval_idx], flip=views[0], shifts=views[1])
+        t, r = [], []
+        for a in range(ax.shape[0]):
+          xa = np.asarray(ax[a])
+          t.append(blackbox_signals(model, target, xa, y[eval_idx], defenses=defenses,
+                                    microbatch_size=config.microbatch_size)["scaled_logit"])
+          r.append(blackbox_signals(model, refs, xa, y[eval_idx], stacked=True,
+                                    defenses=defenses,
+                                    microbatch_size=config.microbatch_size)["scaled_logit"])
+        return np.stack(t, -1), np.stack(r, -1)
+      tgt_sl, ref_sl = stages.run("lira_augmentations", augmented)
+    # A defended API discretizes its outputs, so reference signals often tie exactly, and
+    # with 2 reference models each example has one IN and one OUT value: zero variance.
+    # There a std floor keeps the Gaussians proper (float32 cannot square the reference
+    # code's 1e-30); otherwise the reference code's eps.
+    eps = 1e-3 if defenses or config.num_reference == 2 else 1e-30
     runs = {
-        "lira": lambda: lira.lira_online(bb["scaled_logit"], sl[:, :ne], keep),
-        "lira-offline": lambda: lira.lira_offline(bb["scaled_logit"], sl[:, :ne], keep),
-        "lira-fixed-variance": lambda: lira.lira_online(
-            bb["scaled_logit"], sl[:, :ne], keep, fix_variance=True),
+        "lira": lambda: lira.lira_online(tgt_sl, ref_sl, keep, eps=eps),
+        "lira-offline": lambda: lira.lira_offline(tgt_sl, ref_sl, keep, eps=eps),
+        "lira-fixed-variance": lambda: lira.lira_online(tgt_sl, ref_sl, keep, fix_variance=True,
+                                                        eps=eps),
         "rmia": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
                                          keep=keep),
         "rmia-offline": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
@@ -367,27 +578,51 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
       scores[name] = np.asarray(stages.run(name, runs[name]), np.float64)
       attacks_out[name] = summarize(scores[name], is_member, REPORT_FPRS)
       attacks_out[name]["num_reference"] = config.num_reference
+      if name.startswith("lira"):
+        attacks_out[name]["augmentations"] = config.lira_augmentations
 
   if "shokri" in config.attacks:
     from mia_jax.attacks import shokri
     from mia_jax.data import keep_matrix
     aux = split.auxiliary
-    skeep = _shadow_keep(config.num_shadow, aux.size, n_target, config.seed + 23)
+    sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
+        config, model, target, defenses, x[aux], y[aux]))
+    skeep = _shadow_keep(config.num_shadow, sx.shape[0], n_target, config.seed + 23)
     shadows = stages.run("shadow_models", lambda: _stacked_models(
-        os.path.join(out_dir, "shadow"), model, x[aux], y[aux], skeep, tcfg, config.seed + 2,
-        progress, "shadow models", log, os.path.join(work, "shadow")))
+        os.path.join(out_dir, "shadow"), model, sx, sy, skeep, tcfg, config.seed + 2,
+        progress, "shadow models", log, os.path.join(work, "shadow"), train_one))
+
+    # One attack model per class (the paper) needs in and out shadow records of every
+    # class; synthesized or scarce shadow data may lack some, and then one class-agnostic
+    # attack model is fit instead (reported as per_class = False).
+    counts_in = np.stack([np.bincount(sy[k], minlength=ds.num_classes) for k in skeep])
+    counts_out = np.stack([np.bincount(sy[~k], minlength=ds.num_classes) for k in skeep])
+    uncovered = np.flatnonzero((counts_in.sum(0) == 0) | (counts_out.sum(0) == 0))
+    per_class = uncovered.size == 0
+    if not per_class:
+      log(f"shokri: classes {uncovered.tolist()} have no in or no out shadow records; "
+          f"fitting one class-agnostic attack model")
 
     def run_shokri():
-      probs = shokri.predict_probs(model, shadows, x[aux], stacked=True,
+      probs = shokri.predict_probs(model, shadows, sx, stacked=True, defenses=defenses,
                                    microbatch_size=config.microbatch_size)
-      state = shokri.fit_shokri(probs, y[aux], skeep, per_class=True, seed=config.seed)
-      target_probs = shokri.predict_probs(model, target, x[eval_idx],
+      state = shokri.fit_shokri(probs, sy, skeep, per_class=per_class, seed=config.seed)
+      target_probs = shokri.predict_probs(model, target, x[eval_idx], defenses=defenses,
                                           microbatch_size=config.microbatch_size)
       return np.asarray(shokri.score_shokri(state, target_probs, y[eval_idx]), np.float64)
 
     scores["shokri"] = stages.run("shokri", run_shokri)
     attacks_out["shokri"] = summarize(scores["shokri"], is_member, REPORT_FPRS)
     attacks_out["shokri"]["num_shadow"] = config.num_shadow
+    # The attack models' own decision (membership probability >= 1/2, i.e. logit >= 0):
+    # the paper's "attack accuracy, precision, recall".
+    attacks_out["shokri"]["decision"] = _decision_metrics(scores["shokri"], is_member, 0.0)
+    attacks_out["shokri"]["shadow_source"] = config.shadow_source
+    attacks_out["shokri"]["per_class"] = bool(per_class)
+    if not per_class:
+      attacks_out["shokri"]["classes_without_shadow_records"] = uncovered.tolist()
+    if synthesis is not None:
+      attacks_out["shokri"]["synthesis"] = synthesis
 
   if "gradient-norm" in config.attacks:
     from mia_jax.whitebox import gradient_norms
@@ -413,7 +648,8 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
                            train_config=tcfg, setting=config.whitebox_setting,
                            target_precision=config.target_precision,
                            target_fpr=config.target_fpr, seed=config.seed, progress=progress,
-                           work_dir=os.path.join(work, "stolen_memories"))
+                           work_dir=os.path.join(work, "stolen_memories"),
+                           train_shadow=train_one)
 
     wb = stages.run("stolen_memories", whitebox)
     scores["stolen-memories"] = wb.meta_scores
@@ -446,11 +682,14 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
       "config": config.to_dict(),
       "target": {"train_accuracy": train_acc, "test_accuracy": test_acc,
                  "generalization_gap": train_acc - test_acc},
+      "defenses": [str(d) for d in defenses],
       "attacks": attacks_out,
       "timings": stages.timings,
       "versions": versions(),
       "device": device_info(),
   }
+  if dp_info is not None:
+    results["dp"] = _dp_results(dp_info, attacks_out)
   write_json_atomic(results_path, results)
   import shutil
   shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume

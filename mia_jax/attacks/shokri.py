@@ -311,9 +311,15 @@ def score_shokri(state: ShokriState, probs, labels) -> np.ndarray:
 # -- shadow data ------------------------------------------------------------------------------
 
 class ShadowData(NamedTuple):
-  """Attacker's data for training shadow models: x float32[M, D], y int32[M]."""
+  """Attacker's data for training shadow models: x float32[M, D], y int32[M].
+
+  For source "synthetic", ``queries`` int32[M] holds the target queries spent on each
+  emitted record and ``attempted`` the number of records searched for; else None.
+  """
   x: np.ndarray
   y: np.ndarray
+  queries: np.ndarray | None = None
+  attempted: int | None = None
 
 
 def _check_xy(x, y, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -451,4 +457,5 @@ def _synthetic(query_fn, num_records, seed, x, num_features, options) -> ShadowD
                      classes=classes, key=jax.random.key(seed), **options)
   except TypeError as e:
     raise MiaInputError(f"synthesis_options: {e}") from e
-  return ShadowData(res.records[res.success], res.labels[res.success])
+  return ShadowData(res.records[res.success], res.labels[res.success],
+                    res.queries[res.success], int(num_records))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -275,7 +275,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                train_config: TrainConfig = TrainConfig(), setting: str = "shadow",
                meta_kind: str = "logistic", use_loss: bool = True,
                target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
-               progress=None, work_dir: str | None = None) -> WhiteboxResult:
+               progress=None, work_dir: str | None = None,
+               train_shadow: Callable | None = None) -> WhiteboxResult:
   """Runs the whole white-box attack against one target.
 
   Args:
@@ -294,6 +295,9 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     seed: fixes proxies, shadow training and the partition of the auxiliary data.
     progress: optional rich Progress.
     work_dir: optional directory for training checkpoints (resumable).
+    train_shadow: optional ``(x, y, indices, seed) -> variables`` that trains the shadow
+      target when the target's recipe is not plain :func:`mia_jax.train.train_model`
+      (e.g. DP-SGD); the proxies always use ``train_config``.
   Returns:
     WhiteboxResult.
   """
@@ -318,9 +322,12 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                                config=cfg, train_config=train_config, seed=seed + 1,
                                progress=progress, work_dir=sub("target_proxies"))
   if setting == "shadow":
-    shadow = train_model(model, aux_x, aux_y, config=train_config, seed=(seed, 7919),
-                         indices=parts.shadow_in, progress=progress,
-                         description="shadow target", checkpoint_dir=sub("shadow")).variables
+    if train_shadow is not None:
+      shadow = train_shadow(aux_x, aux_y, parts.shadow_in, (seed, 7919))
+    else:
+      shadow = train_model(model, aux_x, aux_y, config=train_config, seed=(seed, 7919),
+                           indices=parts.shadow_in, progress=progress,
+                           description="shadow target", checkpoint_dir=sub("shadow")).variables
     shadow_proxies = fit_proxies(model, shadow, aux_x[parts.proxy], aux_y[parts.proxy],
                                  config=cfg, train_config=train_config, seed=seed + 2,
                                  progress=progress, work_dir=sub("shadow_proxies"))
