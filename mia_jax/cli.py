@@ -117,6 +117,27 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
       help="shadow models for the Shokri et al. attack (trained at once)")
   arg("--rmia-offline-a", key="rmia_offline_a", type=float,
       help="offline RMIA's a in P_IN ~ a P_OUT + (1 - a)")
+  arg("--defense", key="defenses", action="append", metavar="SPEC",
+      help="prediction-API defense applied to every black-box attack's queries (target, "
+           "reference and shadow models), repeatable and applied in order: top-k=K, round=D, "
+           "temperature=T, label-only (e.g. --defense top-k=3 --defense round=2)")
+  arg("--dp-epsilon", key="dp_epsilon", type=float,
+      help="train with DP-SGD, noise calibrated to this epsilon (at --delta); reference and "
+           "shadow models use the same noise")
+  arg("--noise-multiplier", key="noise_multiplier", type=float,
+      help="train with DP-SGD at this noise multiplier (instead of --dp-epsilon)")
+  arg("--clip-norm", key="clip_norm", type=float, help="DP-SGD per-example clipping norm")
+  arg("--delta", key="delta", type=float, help="DP delta, in (0, 1)")
+  arg("--shadow-source", key="shadow_source",
+      choices=["real", "noisy", "marginals", "synthetic"],
+      help="Shokri et al. shadow data: the auxiliary data, it with noise, its per-class "
+           "feature marginals, or records synthesized by querying the target")
+  arg("--shadow-noise", key="shadow_noise", type=float,
+      help="fraction of binary features flipped (or relative noise std) for --shadow-source noisy")
+  arg("--lira-augmentations", key="lira_augmentations",
+      choices=["none", "flip", "shift", "flip+shift"],
+      help="LiRA query augmentations for images (mirror image, the 9 one-pixel shifts, or "
+           "both: 18 queries per example)")
   arg("--seed", key="seed", type=int, help="seed of the split, all training and all attacks")
   arg("--microbatch-size", key="microbatch_size", type=int,
       help="examples per compiled chunk in signal passes (memory bound)")
@@ -173,7 +194,7 @@ def audit_options(args) -> tuple[Any, dict[str, Any]]:
       merged[key] = {**merged.get(key, {}), **_key_values(given.pop(key), f"--{key}")}
   merged.update(given)
   run = {k: merged.pop(k, v) for k, v in RUN_KEYS.items()}
-  for key in ("attacks", "layers"):
+  for key in ("attacks", "layers", "defenses"):
     if key in merged:
       merged[key] = _as_tuple(merged[key], key)
   try:
