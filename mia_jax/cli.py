@@ -67,7 +67,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
   def arg(*flags, key, help, **kw):
     default = RUN_KEYS[key] if key in RUN_KEYS else getattr(d, key)
     if isinstance(default, tuple):
-      default = ",".join(default)
+      default = ",".join(default) or "none"
     if isinstance(default, dict):
       default = default or "{}"
     p.add_argument(*flags, dest=key, default=argparse.SUPPRESS,
@@ -218,6 +218,24 @@ def print_table(results: dict, console) -> None:
       table.add_row(label, f"{r['auc']:.4f}", f"{r['balanced_accuracy']:.4f}",
                     f"{r['tpr_at_fpr']['0.01']:.4f}", f"{r['tpr_at_fpr']['0.001']:.4f}")
   console.print(table)
+  if results.get("defenses"):
+    console.print(f"prediction API defended by {', '.join(results['defenses'])} (black-box "
+                  f"attacks see the defended outputs; white-box attacks the weights)")
+  dp = results.get("dp")
+  if dp:
+    bounds = dp.get("bounds", {})
+    tight = bounds.get("tight_accuracy", [None])[0]
+    eps = dp["epsilon"][0]
+    eps = f"{eps:.4g}" if isinstance(eps, (int, float)) else str(eps)
+    console.print(f"DP-SGD: epsilon {eps} at delta {dp['delta']} (noise "
+                  f"multiplier {dp['noise_multiplier']:.4g}, clip norm {dp['clip_norm']}); "
+                  + (f"no attack's balanced accuracy can exceed {tight:.4f}" if tight is not None
+                     else "no bound (infinite epsilon)"))
+  d = results["attacks"].get("shokri", {}).get("decision")
+  if d:
+    prec = "n/a" if d["precision"] is None else f"{d['precision']:.3f}"
+    console.print(f"shokri: attack models' decisions: accuracy {d['accuracy']:.3f}, precision "
+                  f"{prec}, recall {d['recall']:.3f}")
   for name, m in results["attacks"].items():
     c = m.get("calibrated")
     if c:
