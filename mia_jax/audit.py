@@ -306,6 +306,41 @@ def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, 
   return variables
 
 
+def reference_attacks(target_sl, ref_sl, target_conf, target_conf_z, ref_conf, ref_conf_z, keep,
+                      *, rmia_offline_a: float, discrete: bool = False
+                      ) -> dict[str, Callable[[], np.ndarray]]:
+  """LiRA and RMIA from signals, as thunks by attack name (the audit and the checkpoint
+  attack share them).
+
+  Args:
+    target_sl: float[N] or [N, A] the target's scaled logits (A augmentations).
+    ref_sl: float[M, N] or [M, N, A] the reference models' scaled logits.
+    target_conf, target_conf_z: float[N], float[Z] the target's true-class probability on
+      the candidates and on RMIA's population z.
+    ref_conf, ref_conf_z: float[M, N], float[M, Z] the same for the reference models.
+    keep: bool[M, N] reference training membership of the candidates.
+    rmia_offline_a: offline RMIA's a.
+    discrete: outputs come through a defended API.
+  """
+  from mia_jax.attacks import lira, rmia
+  # A defended API discretizes its outputs, so reference signals often tie exactly, and
+  # with 2 reference models each example has one IN and one OUT value: zero variance.
+  # There a std floor keeps the Gaussians proper (float32 cannot square the reference
+  # code's 1e-30); otherwise the reference code's eps.
+  eps = 1e-3 if discrete or np.shape(ref_sl)[0] == 2 else 1e-30
+  return {
+      "lira": lambda: lira.lira_online(target_sl, ref_sl, keep, eps=eps),
+      "lira-offline": lambda: lira.lira_offline(target_sl, ref_sl, keep, eps=eps),
+      "lira-fixed-variance": lambda: lira.lira_online(target_sl, ref_sl, keep,
+                                                      fix_variance=True, eps=eps),
+      "rmia": lambda: rmia.rmia_scores(target_conf, target_conf_z, ref_conf, ref_conf_z,
+                                       keep=keep),
+      "rmia-offline": lambda: rmia.rmia_scores(target_conf, target_conf_z, ref_conf,
+                                               ref_conf_z, keep=keep,
+                                               offline_a=rmia_offline_a),
+  }
+
+
 def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray,
                     ay: np.ndarray):
   """The Shokri et al. shadow models' records from ``config.shadow_source``.
@@ -525,7 +560,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
 
   ref_attacks = [a for a in config.attacks if a in REFERENCE_ATTACKS]
   if ref_attacks:
-    from mia_jax.attacks import lira, rmia
+    from mia_jax.attacks import lira
     from mia_jax.data import keep_matrix
     # LiRA's setup: reference models on random halves of the candidates (members and
     # non-members of the target), each candidate IN for exactly half of them, so every
@@ -559,21 +594,9 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
                                     microbatch_size=config.microbatch_size)["scaled_logit"])
         return np.stack(t, -1), np.stack(r, -1)
       tgt_sl, ref_sl = stages.run("lira_augmentations", augmented)
-    # A defended API discretizes its outputs, so reference signals often tie exactly, and
-    # with 2 reference models each example has one IN and one OUT value: zero variance.
-    # There a std floor keeps the Gaussians proper (float32 cannot square the reference
-    # code's 1e-30); otherwise the reference code's eps.
-    eps = 1e-3 if defenses or config.num_reference == 2 else 1e-30
-    runs = {
-        "lira": lambda: lira.lira_online(tgt_sl, ref_sl, keep, eps=eps),
-        "lira-offline": lambda: lira.lira_offline(tgt_sl, ref_sl, keep, eps=eps),
-        "lira-fixed-variance": lambda: lira.lira_online(tgt_sl, ref_sl, keep, fix_variance=True,
-                                                        eps=eps),
-        "rmia": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
-                                         keep=keep),
-        "rmia-offline": lambda: rmia.rmia_scores(bb["confidence"], tgt_z, conf[:, :ne], conf[:, ne:],
-                                                 keep=keep, offline_a=config.rmia_offline_a),
-    }
+    runs = reference_attacks(tgt_sl, ref_sl, bb["confidence"], tgt_z, conf[:, :ne],
+                             conf[:, ne:], keep, rmia_offline_a=config.rmia_offline_a,
+                             discrete=bool(defenses))
     for name in ref_attacks:
       scores[name] = np.asarray(stages.run(name, runs[name]), np.float64)
       attacks_out[name] = summarize(scores[name], is_member, REPORT_FPRS)

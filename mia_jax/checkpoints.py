@@ -5,6 +5,9 @@
   holds a stack -- and stacks them on a leading axis C.
 * :func:`attack_checkpoints` computes the black-box signals of all C checkpoints in one
   vmapped, compiled, microbatched pass and scores every threshold attack on each.
+* :func:`attack_run` adds LiRA and RMIA per checkpoint when the run also saved reference
+  models at the same epochs (``mia-jax train --with-reference``): checkpoint c is
+  compared with the reference models after the same number of epochs.
 * :func:`plot_checkpoint_metrics` plots AUC and TPR at 0.1% FPR against checkpoint index.
 
 ``mia-jax train --save-every K`` writes such a run; ``mia-jax attack --run DIR`` attacks it.
@@ -77,10 +80,14 @@ def load_checkpoint_stack(path: str | os.PathLike, model: LayeredModel
   return stack_variables(trees), names
 
 
+REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
+
+
 def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member, *,
                        attacks: Sequence[str] = ("loss", "confidence", "entropy",
                                                  "modified_entropy"),
-                       microbatch_size: int = 1024) -> list[dict[str, Any]]:
+                       microbatch_size: int = 1024, defenses=(), return_signals: bool = False
+                       ) -> list[dict[str, Any]]:
   """Threshold attacks on every checkpoint of a stack.
 
   Args:
@@ -88,24 +95,30 @@ def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member,
     x, y: the evaluation examples; is_member: bool[N] ground truth.
     attacks: names from :data:`mia_jax.attacks.threshold.THRESHOLD_ATTACKS`.
     microbatch_size: examples per compiled chunk (memory bound: C x microbatch_size).
+    defenses: prediction-API defenses the attacks see (see :mod:`mia_jax.defenses`).
+    return_signals: also return the signals dict ([C, N] arrays).
   Returns:
-    One dict per checkpoint: {"train_accuracy", "test_accuracy", "attacks": {name: metrics}}.
+    One dict per checkpoint: {"train_accuracy", "test_accuracy", "attacks": {name: metrics}}
+    (and the signals, with ``return_signals``).
   """
   from mia_jax._validation import check_membership
   from mia_jax.attacks.threshold import threshold_scores
   from mia_jax.metrics import summarize
   from mia_jax.signals import blackbox_signals
   is_member = check_membership(is_member, n=np.shape(x)[0])
-  sig = blackbox_signals(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)
+  sig = blackbox_signals(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True,
+                         defenses=defenses)
+  correct = sig["correct"] if not defenses else blackbox_signals(
+      model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)["correct"]
   scores = threshold_scores(sig, attacks)
   out = []
   for c in range(sig["loss"].shape[0]):
     out.append({
-        "train_accuracy": float(sig["correct"][c][is_member].mean()),
-        "test_accuracy": float(sig["correct"][c][~is_member].mean()),
+        "train_accuracy": float(correct[c][is_member].mean()),
+        "test_accuracy": float(correct[c][~is_member].mean()),
         "attacks": {a: summarize(s[c], is_member, REPORT_FPRS) for a, s in scores.items()},
     })
-  return out
+  return (out, sig) if return_signals else out
 
 
 def plot_checkpoint_metrics(metrics: list[dict], names: Sequence[str], path: str) -> None:
@@ -138,25 +151,69 @@ def config_from_dict(d: dict):
   """AuditConfig from a saved ``config.json`` (lists back to tuples)."""
   from mia_jax.audit import AuditConfig
   d = dict(d)
-  for key in ("attacks", "layers"):
+  for key in ("attacks", "layers", "defenses"):
     if d.get(key) is not None:
       d[key] = tuple(d[key])
   return AuditConfig(**d)
 
 
-def train_run(config, out_dir: str, *, save_every: int = 1, progress=None,
-              log=lambda s: None) -> list[str]:
+def _reference_keep(config, num_candidates: int) -> np.ndarray:
+  from mia_jax.data import keep_matrix
+  return keep_matrix(config.num_reference, num_candidates, seed=config.seed + 17)  # as the audit
+
+
+def _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
+                                      ref_attacks, ref_dir, metrics, microbatch_size, log):
+  """LiRA / RMIA on checkpoint c against the reference models saved after the same epoch."""
+  from mia_jax.audit import reference_attacks
+  from mia_jax.metrics import summarize
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import load_variables
+  keep = _reference_keep(config, ev.size)
+  like = jax.eval_shape(jax.vmap(setup.model.init),
+                        jax.random.split(jax.random.key(0), config.num_reference))
+  aux = setup.split.auxiliary
+  tgt_z = blackbox_signals(setup.model, stacked, setup.x[aux], setup.y[aux], stacked=True,
+                           microbatch_size=microbatch_size, defenses=config.defenses)["confidence"]
+  pool = np.concatenate([ev, aux])
+  for c, name in enumerate(names):
+    refs, _ = load_variables(os.path.join(ref_dir, name.split("[")[0]), like=like)
+    r = blackbox_signals(setup.model, refs, setup.x[pool], setup.y[pool], stacked=True,
+                         microbatch_size=microbatch_size, defenses=config.defenses)
+    ne = ev.size
+    runs = reference_attacks(sig["scaled_logit"][c], r["scaled_logit"][:, :ne],
+                             sig["confidence"][c], tgt_z[c], r["confidence"][:, :ne],
+                             r["confidence"][:, ne:], keep,
+                             rmia_offline_a=config.rmia_offline_a, discrete=bool(config.defenses))
+    for a in ref_attacks:
+      metrics[c]["attacks"][a] = summarize(np.asarray(runs[a](), np.float64), is_member,
+                                           REPORT_FPRS)
+      metrics[c]["attacks"][a]["num_reference"] = config.num_reference
+    log(f"{name}: {', '.join(ref_attacks)} with {config.num_reference} reference models")
+
+
+def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool = False,
+              progress=None, log=lambda s: None) -> list[str]:
   """Trains the target of ``config`` (same data split as ``mia-jax audit``) and saves a
   checkpoint every ``save_every`` epochs into ``out_dir/checkpoints/epoch-XXXXXX``.
 
+  With ``with_reference``, also trains ``config.num_reference`` reference models exactly
+  as the audit does (same keep matrix, data and seeds) and saves their stack at the same
+  epochs into ``out_dir/reference_checkpoints/epoch-XXXXXX``, for LiRA and RMIA per
+  checkpoint.
+
   Resumable: an interrupted run continues from its last epoch when called again.
-  Returns the checkpoint paths.
+  Returns the target's checkpoint paths.
   """
   import json
   from mia_jax._validation import check_positive_int
   from mia_jax.audit import prepare, write_json_atomic
   from mia_jax.train import save_variables, train_model
   check_positive_int(save_every, "save_every")
+  if config.uses_dp:
+    raise MiaInputError("dp_epsilon/noise_multiplier: 'mia-jax train' saves per-epoch "
+                        "checkpoints of non-private training only; audit DP models with "
+                        "'mia-jax audit'")
   out_dir = os.path.abspath(out_dir)
   cfg_path = os.path.join(out_dir, "config.json")
   if os.path.exists(cfg_path):
@@ -176,6 +233,23 @@ def train_run(config, out_dir: str, *, save_every: int = 1, progress=None,
   train_model(setup.model, setup.x, setup.y, config=config.train_config(), seed=config.seed,
               indices=setup.split.target_in, progress=progress, description="target",
               checkpoint_dir=os.path.join(out_dir, "train_state"), on_epoch=on_epoch)
+  if with_reference:
+    from mia_jax.train import train_models
+    ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+    keep = _reference_keep(config, ev.size)
+    ref_dir = os.path.join(out_dir, "reference_checkpoints")
+
+    def on_ref_epoch(epoch, variables):
+      if (epoch + 1) % save_every == 0 or epoch + 1 == config.epochs:
+        save_variables(os.path.join(ref_dir, f"epoch-{epoch + 1:06d}"), variables,
+                       overwrite=True, metadata={"epoch": epoch + 1, "keep": keep.tolist(),
+                                                 "model": dict(setup.model.spec)})
+        log(f"saved {config.num_reference} reference models after epoch {epoch + 1}")
+
+    train_models(setup.model, setup.x[ev], setup.y[ev], keep, config=config.train_config(),
+                 seed=config.seed + 1, progress=progress, description="reference models",
+                 checkpoint_dir=os.path.join(out_dir, "reference_train_state"),
+                 on_epoch=on_ref_epoch)
   return list_checkpoints(ckpt_dir)
 
 
@@ -194,17 +268,39 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
     raise MiaInputError(f"run: {run_dir} has no config.json (written by 'mia-jax train')")
   with open(cfg_path) as f:
     config = config_from_dict(json.load(f))
+  from mia_jax.attacks.threshold import THRESHOLD_ATTACKS
+  attacks = tuple(attacks)
+  unknown = [a for a in attacks if a not in THRESHOLD_ATTACKS and a not in REFERENCE_ATTACKS]
+  if unknown or not attacks:
+    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of "
+                        f"{sorted(THRESHOLD_ATTACKS) + list(REFERENCE_ATTACKS)}")
   setup = prepare(config)
   t0 = time.perf_counter()
   stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
                                          setup.model)
+  ref_attacks = [a for a in attacks if a in REFERENCE_ATTACKS]
+  ref_dir = os.path.join(run_dir, "reference_checkpoints")
+  if ref_attacks:  # every checkpoint needs reference models after the same epoch
+    base = [n.split("[")[0] for n in names]
+    missing = [n for n in base if not os.path.isdir(os.path.join(ref_dir, n, "state"))]
+    if missing:
+      raise MiaInputError(
+          f"attacks: {ref_attacks} need reference models saved at the same epochs as the "
+          f"checkpoints (run 'mia-jax train --with-reference'); {ref_dir} lacks {missing[:3]}")
   log(f"loaded {len(names)} checkpoints in {time.perf_counter() - t0:.1f}s")
   ev = np.concatenate([setup.split.target_in, setup.split.target_out])
   is_member = np.r_[np.ones(setup.split.target_in.size, bool),
                     np.zeros(setup.split.target_out.size, bool)]
   t1 = time.perf_counter()
-  metrics = attack_checkpoints(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
-                               attacks=attacks, microbatch_size=microbatch_size)
+  thr = [a for a in attacks if a in THRESHOLD_ATTACKS]
+  metrics, sig = attack_checkpoints(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
+                                    attacks=thr, microbatch_size=microbatch_size,
+                                    defenses=config.defenses, return_signals=True)
+  if ref_attacks:
+    _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
+                                      ref_attacks, ref_dir, metrics, microbatch_size, log)
+  for m in metrics:  # the requested order
+    m["attacks"] = {a: m["attacks"][a] for a in attacks}
   log(f"attacked {len(names)} checkpoints in {time.perf_counter() - t1:.1f}s")
   results = {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
              "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],

@@ -185,7 +185,7 @@ def audit_options(args) -> tuple[Any, dict[str, Any]]:
   """(AuditConfig, run options) from --config and the command line (which wins)."""
   from mia_jax.audit import AuditConfig
   given = {k: v for k, v in vars(args).items()
-           if k not in ("command", "func", "config", "save_every")}
+           if k not in ("command", "func", "config", "save_every", "with_reference")}
   merged = load_config_file(args.config) if args.config else {}
   for key in ("dataset_options", "model_options"):
     if key in merged and not isinstance(merged[key], dict):
@@ -291,7 +291,8 @@ def _cmd_train(args) -> int:
   with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeRemainingColumn(), console=console, transient=True,
                 disable=run["quiet"]) as progress:
-    paths = train_run(config, run["out"], save_every=args.save_every, progress=progress, log=log)
+    paths = train_run(config, run["out"], save_every=args.save_every,
+                      with_reference=args.with_reference, progress=progress, log=log)
   print(f"{len(paths)} checkpoints in {os.path.dirname(paths[0])}")
   return 0
 
@@ -332,19 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
                   "'mia-jax attack --run'. Resumes when rerun after an interruption.")
   _add_config_options(p)
   p.add_argument("--save-every", type=int, default=1, help="epochs between saved checkpoints")
+  p.add_argument("--with-reference", action="store_true",
+                 help="also train --num-reference reference models (as the audit does) and save "
+                      "them at the same epochs, so 'mia-jax attack' can run LiRA and RMIA on "
+                      "every checkpoint")
   p.set_defaults(func=_cmd_train)
   p = sub.add_parser(
       "attack", help="attack every checkpoint of a training run in one compiled pass",
       description="Load every checkpoint of a run written by 'mia-jax train' (or --checkpoints "
                   "DIR of the same model), stack them, compute the signals of all of them in "
-                  "one vmapped compiled call (microbatched) and score each threshold attack on "
+                  "one vmapped compiled call (microbatched) and score each requested attack on "
                   "each; write checkpoint_results.json and checkpoints.png (AUC and TPR at 0.1% "
                   "FPR against checkpoint index) into the run directory.")
   p.add_argument("--run", required=True, help="run directory written by 'mia-jax train'")
   p.add_argument("--checkpoints", default=None,
                  help="directory of checkpoints (default: RUN/checkpoints) or one stacked checkpoint")
   p.add_argument("--attacks", default="loss,confidence,entropy,modified_entropy",
-                 help="comma-separated threshold attacks")
+                 help="comma-separated attacks: threshold attacks (loss, confidence, entropy, "
+                      "modified_entropy, correctness) and, for runs trained with "
+                      "--with-reference, lira, lira-offline, lira-fixed-variance, rmia, "
+                      "rmia-offline (checkpoint c against the reference models of the same "
+                      "epoch)")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=_cmd_attack)

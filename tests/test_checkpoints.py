@@ -84,3 +84,59 @@ def test_cli_train_then_attack(tmp_path):
   assert (run / "checkpoints.png").stat().st_size > 1000
   # Training accuracy rises between the checkpoints of this run.
   assert res["checkpoints"][1]["train_accuracy"] >= res["checkpoints"][0]["train_accuracy"]
+
+
+@pytest.mark.slow
+def test_lira_and_rmia_per_checkpoint_equal_the_audit_at_the_last_epoch(tmp_path):
+  """`train --with-reference` trains the audit's reference models; LiRA/RMIA on the last
+  checkpoint therefore equal the audit's, and earlier checkpoints use their own epoch's
+  reference models."""
+  from mia_jax import cli
+  from mia_jax.audit import AuditConfig, run_audit
+  common = ["--epochs", "3", "-M", "widths=[16]", "--target-size", "60", "--num-reference", "4"]
+  run = tmp_path / "run"
+  assert cli.main(["train", "--out", str(run), "--save-every", "1", "--with-reference",
+                   "--quiet", *common]) == 0
+  assert sorted(os.listdir(run / "reference_checkpoints")) == [
+      "epoch-000001", "epoch-000002", "epoch-000003"]
+  attacks = ["loss", "lira", "lira-offline", "rmia"]
+  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks", ",".join(attacks)]) == 0
+  res = json.loads((run / "checkpoint_results.json").read_text())
+  assert [list(c["attacks"]) for c in res["checkpoints"]] == [attacks] * 3
+  audit = run_audit(AuditConfig(epochs=3, model_options={"widths": [16]}, target_size=60,
+                                num_reference=4, attacks=tuple(attacks)), str(tmp_path / "a"))
+  last = res["checkpoints"][-1]["attacks"]
+  for a in attacks:
+    assert last[a]["auc"] == pytest.approx(audit["attacks"][a]["auc"], abs=1e-6), a
+  # Epoch 1's LiRA uses epoch-1 reference models: recompute it by hand.
+  from mia_jax.attacks import lira
+  from mia_jax.audit import prepare
+  from mia_jax.checkpoints import config_from_dict
+  from mia_jax.data import keep_matrix
+  from mia_jax.train import load_variables
+  cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+  setup = prepare(cfg)
+  ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+  member = np.arange(ev.size) < setup.split.target_in.size
+  tgt, _ = load_variables(str(run / "checkpoints" / "epoch-000001"),
+                          like=setup.model.init(jax.random.key(0)))
+  refs, _ = load_variables(str(run / "reference_checkpoints" / "epoch-000001"),
+                           like=jax.eval_shape(jax.vmap(setup.model.init),
+                                               jax.random.split(jax.random.key(0), 4)))
+  t = blackbox_signals(setup.model, tgt, setup.x[ev], setup.y[ev])["scaled_logit"]
+  r = blackbox_signals(setup.model, refs, setup.x[ev], setup.y[ev], stacked=True)["scaled_logit"]
+  want = summarize(lira.lira_online(t, r, keep_matrix(4, ev.size, seed=cfg.seed + 17)), member,
+                   ck.REPORT_FPRS)
+  assert res["checkpoints"][0]["attacks"]["lira"]["auc"] == pytest.approx(want["auc"], abs=1e-6)
+
+
+def test_reference_attacks_need_reference_checkpoints(tmp_path, capsys):
+  from mia_jax import cli
+  run = tmp_path / "run"
+  assert cli.main(["train", "--out", str(run), "--epochs", "1", "--quiet", "-M", "widths=[8]",
+                   "--target-size", "40"]) == 0
+  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks", "loss,lira"]) == 2
+  assert "--with-reference" in capsys.readouterr().err
+  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks", "loss,bogus"]) == 2
+  assert cli.main(["train", "--out", str(tmp_path / "dp"), "--epochs", "1", "--quiet",
+                   "--noise-multiplier", "1"]) == 2
