@@ -196,7 +196,39 @@ def make_model(name: str, *, input_shape: Sequence[int], num_classes: int, **opt
   input_shape = tuple(input_shape)
   if not input_shape or any(not isinstance(d, (int, np.integer)) or d < 1 for d in input_shape):
     raise MiaInputError(f"input_shape: expected positive integer dimensions, got {input_shape}")
+  # The same architecture is the same (immutable) object, so every compiled function
+  # cached per model (training steps, signal passes, Jacobians) is reused by later runs
+  # in the same process -- an experiment script auditing many targets compiles once.
+  key = _cache_key(name, input_shape, num_classes, options)
+  if key is not None and key in _BUILT:
+    return _BUILT[key]
   try:
-    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    model = MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes, **options)
   except TypeError as e:
     raise MiaInputError(f"model options for {name!r}: {e}") from e
+  if key is not None:
+    _BUILT[key] = model
+  return model
+
+
+_BUILT: dict[str, LayeredModel] = {}
+
+
+def _cache_key(name, input_shape, num_classes, options) -> str | None:
+  """A canonical text of the build arguments, or None when an option is not plain data."""
+  import json
+  try:
+    return json.dumps([name, [int(d) for d in input_shape], int(num_classes), options],
+                      sort_keys=True, default=_plain)
+  except TypeError:
+    return None
+
+
+def _plain(value):
+  if isinstance(value, (tuple, list)):
+    return list(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  if isinstance(value, np.floating):
+    return float(value)
+  raise TypeError(f"not plain data: {value!r}")
