@@ -27,8 +27,14 @@ def _take(a: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def loss(logits: jax.Array, y: jax.Array) -> jax.Array:
-  """Cross-entropy -log p_y, float[...]."""
-  return -_take(jax.nn.log_softmax(logits), y)
+  """Cross-entropy -log p_y, float[...].
+
+  Computed as ``softplus(-scaled_logit) = log(1 + sum_{k != y} exp(z_k - z_y))``: the same
+  value, but it keeps its precision for confident predictions, where ``-log_softmax``
+  rounds to exactly 0 in float32 (margins above ~17) and ties every confidently
+  classified example -- which would zero the loss attack's TPR at low FPR.
+  """
+  return jax.nn.softplus(-scaled_logit(logits, y))
 
 
 def confidence(logits: jax.Array, y: jax.Array) -> jax.Array:

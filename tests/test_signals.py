@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -243,3 +244,15 @@ def test_signal_input_errors(setup):
     blackbox_signals(model, trees[0], x, y, stacked=True)
   with pytest.raises(MiaInputError, match="microbatch_size"):
     predict_logits(model, trees[0], x, microbatch_size=0)
+
+
+def test_loss_keeps_precision_for_confident_predictions():
+  """-log_softmax rounds to 0 in float32 for margins above ~17; the loss must not, or the
+  loss attack cannot rank confidently classified examples."""
+  from mia_jax.signals import loss
+  margins = np.array([20.0, 25.0, 30.0, 40.0], np.float32)
+  logits = np.stack([margins, np.zeros(4, np.float32), np.zeros(4, np.float32)], 1)
+  got = np.asarray(loss(jnp.asarray(logits), jnp.zeros(4, jnp.int32)))
+  want = np.log1p(2 * np.exp(-margins.astype(np.float64)))  # K - 1 = 2 wrong classes
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert np.all(np.diff(got) < 0)  # strictly ordered: no ties at 0
