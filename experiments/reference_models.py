@@ -446,6 +446,10 @@ def main(argv=None):
       folder = os.path.join(args.out, s)
       if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
+          # Only this script's runs: the folder may also hold other experiments' runs
+          # (experiments/stolen_memories.py writes to <out>/mnist as well).
+          if not re.fullmatch(rf"{s}_(shared|ref\d+)", name):
+            continue
           f = os.path.join(folder, name, "results.json")
           if os.path.exists(f):
             res[name], dirs[name] = _load(f), os.path.join(folder, name)
