@@ -347,6 +347,14 @@ def _plt():
 
 # -- suites: tables and plots ----------------------------------------------------------------
 
+def _save_figure(plt, fig, png: str) -> str:
+  """Lays out, writes (dpi 120) and closes a figure; returns its path."""
+  fig.tight_layout()
+  fig.savefig(png, dpi=120)
+  plt.close(fig)
+  return png
+
+
 def render_table3(ctx) -> str:
   lines = ["Attack: Shokri et al. shadow models (per-class attack models); accuracy, precision "
            "and recall are the attack model's own decision (membership probability >= 0.5) "
@@ -413,10 +421,7 @@ def render_fig11(ctx) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle("Shokri et al. Fig. 11 (purchase_like stand-in)" + (" [smoke]" if ctx.smoke else ""))
-  fig.tight_layout()
-  png = ctx.png("fig11")
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
+  png = _save_figure(plt, fig, ctx.png("fig11"))
 
   lines = ["Per class c of the evaluation set (members + as many non-members): precision of "
            "the Shokri decision (members among the examples of class c it calls members), "
@@ -482,10 +487,7 @@ def render_fig12(ctx) -> str:
                  np.median(conf[m]), np.median(conf[~m]), ks_statistic(conf[m], conf[~m])))
   fig.suptitle("Shokri et al. Fig. 12 (* purchase_like stand-in)"
                + (" [smoke]" if ctx.smoke else ""))
-  fig.tight_layout()
-  png = ctx.png("fig12")
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
+  png = _save_figure(plt, fig, ctx.png("fig12"))
   lines = ["CDFs over the evaluation set of the target's prediction uncertainty (normalized "
            "entropy H(p) / log K of the prediction vector) and prediction accuracy, members "
            "vs non-members. **Prediction accuracy** is defined here as the probability the "
@@ -591,10 +593,7 @@ def render_shadows(ctx) -> str:
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  png = ctx.png("shadows")
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
+  png = _save_figure(plt, fig, ctx.png("shadows"))
   lines.append(f"Plot: `{os.path.relpath(png, ctx.results_dir)}`.\n")
   return "\n".join(lines)
 
@@ -729,10 +728,7 @@ def render_dp(ctx) -> str:
   axes[0].set_ylim(0.45, 1.02)
   axes[1].set_ylim(-0.02, 1.02)
   fig.suptitle("Membership inference vs DP-SGD" + (" [smoke]" if ctx.smoke else ""))
-  fig.tight_layout()
-  png = ctx.png("dp")
-  fig.savefig(png, dpi=120)
-  plt.close(fig)
+  png = _save_figure(plt, fig, ctx.png("dp"))
   lines.append(f"\nPlot: `{os.path.relpath(png, ctx.results_dir)}`.\n")
   return "\n".join(lines)
 

@@ -306,6 +306,13 @@ def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, 
   return variables
 
 
+def reference_keep(config: AuditConfig, num_candidates: int) -> np.ndarray:
+  """The reference models' keep matrix over the evaluation candidates (members, then
+  non-members): each candidate IN for exactly half of ``config.num_reference`` models."""
+  from mia_jax.data import keep_matrix
+  return keep_matrix(config.num_reference, num_candidates, seed=config.seed + 17)
+
+
 def reference_attacks(target_sl, ref_sl, target_conf, target_conf_z, ref_conf, ref_conf_z, keep,
                       *, rmia_offline_a: float, discrete: bool = False
                       ) -> dict[str, Callable[[], np.ndarray]]:
@@ -505,7 +512,6 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
                         f"{tuple(ds.feature_shape)}")
   dp_info = None
   if config.uses_dp:
-    import jax
     if set(jax.eval_shape(model.init, jax.random.key(0))) != {"params"}:
       raise MiaInputError(f"dp_epsilon/noise_multiplier: DP-SGD needs per-example gradients, "
                           f"but model {model.name!r} has non-parameter state (BatchNorm)")
@@ -561,12 +567,11 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
   ref_attacks = [a for a in config.attacks if a in REFERENCE_ATTACKS]
   if ref_attacks:
     from mia_jax.attacks import lira
-    from mia_jax.data import keep_matrix
     # LiRA's setup: reference models on random halves of the candidates (members and
     # non-members of the target), each candidate IN for exactly half of them, so every
     # reference model trains on as many examples as the target. The auxiliary data is
     # RMIA's population z (OUT for every reference model).
-    keep = keep_matrix(config.num_reference, eval_idx.size, seed=config.seed + 17)
+    keep = reference_keep(config, eval_idx.size)
     refs = stages.run("reference_models", lambda: _stacked_models(
         os.path.join(out_dir, "reference"), model, x[eval_idx], y[eval_idx], keep, tcfg,
         config.seed + 1, progress, "reference models", log, os.path.join(work, "reference"),
@@ -606,7 +611,6 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
 
   if "shokri" in config.attacks:
     from mia_jax.attacks import shokri
-    from mia_jax.data import keep_matrix
     aux = split.auxiliary
     sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
         config, model, target, defenses, x[aux], y[aux]))

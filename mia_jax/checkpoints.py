@@ -157,19 +157,14 @@ def config_from_dict(d: dict):
   return AuditConfig(**d)
 
 
-def _reference_keep(config, num_candidates: int) -> np.ndarray:
-  from mia_jax.data import keep_matrix
-  return keep_matrix(config.num_reference, num_candidates, seed=config.seed + 17)  # as the audit
-
-
 def _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
                                       ref_attacks, ref_dir, metrics, microbatch_size, log):
   """LiRA / RMIA on checkpoint c against the reference models saved after the same epoch."""
-  from mia_jax.audit import reference_attacks
+  from mia_jax.audit import reference_attacks, reference_keep
   from mia_jax.metrics import summarize
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import load_variables
-  keep = _reference_keep(config, ev.size)
+  keep = reference_keep(config, ev.size)
   like = jax.eval_shape(jax.vmap(setup.model.init),
                         jax.random.split(jax.random.key(0), config.num_reference))
   aux = setup.split.auxiliary
@@ -207,7 +202,7 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
   """
   import json
   from mia_jax._validation import check_positive_int
-  from mia_jax.audit import prepare, write_json_atomic
+  from mia_jax.audit import prepare, reference_keep, write_json_atomic
   from mia_jax.train import save_variables, train_model
   check_positive_int(save_every, "save_every")
   if config.uses_dp:
@@ -236,7 +231,7 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
   if with_reference:
     from mia_jax.train import train_models
     ev = np.concatenate([setup.split.target_in, setup.split.target_out])
-    keep = _reference_keep(config, ev.size)
+    keep = reference_keep(config, ev.size)
     ref_dir = os.path.join(out_dir, "reference_checkpoints")
 
     def on_ref_epoch(epoch, variables):
