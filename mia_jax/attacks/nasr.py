@@ -1,0 +1,510 @@
+"""The learned white-box attack of Nasr, Shokri & Houmansadr (IEEE S&P 2019).
+
+"Comprehensive Privacy Analysis of Deep Learning": the attacker feeds, for each
+example, what the white-box target reveals about it into a neural attack model:
+
+* the **gradient** of the example's loss with respect to the parameters of chosen layers.
+  A layer's kernel gradient is arranged as a matrix with one row per output unit
+  (``[out, in]``; a convolution's ``[kh, kw, cin, cout]`` kernel gives ``[cout,
+  kh*kw*cin]``), the bias gradient appended as a last column. The paper's gradient
+  component is a convolution whose filter spans a whole row (kernel ``1 x in``); here it
+  is the same thing written as one ``Dense(in -> filters)`` shared by every row,
+  followed by fully connected layers;
+* the **output** vector (the softmax probabilities), the **loss**, and the **label**
+  (one-hot), each through a small fully connected component;
+* an **encoder** (fully connected, 256-128-64-1) over the concatenated components gives
+  the member logit.
+
+Threat model here: the same as the Stolen Memories attack (the target's weights plus
+auxiliary data disjoint from its training set), so the attack model is trained in the
+**shadow setting**: the attacker trains a shadow target on half of its data with the
+target's recipe (known members) and holds out the other half (known non-members),
+trains the attack model on the shadow's features, and applies it to the target's. The
+paper's supervised setting (a known subset of the target's own members) is the same
+pipeline with the target as its own shadow: :func:`fit_attack_model` accepts any
+features with known membership.
+
+Features are computed in one compiled, vmapped pass of per-example gradients
+(microbatched); only the chosen layers' parameters are differentiated. Gradients are
+divided by one scale per layer (their root mean square on the attacker's training
+features) and the loss is standardized, both stored with the attack model. A fifth of
+the attacker-side examples is held out: the epoch with the best held-out loss is kept
+and the decision threshold for a requested precision is chosen on the held-out part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mia_jax._batching import run_microbatched
+from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
+from mia_jax.models.base import LayeredModel, Variables
+
+FEATURE_KEYS = ("probs", "loss", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class NasrConfig:
+  """Hyperparameters of the attack model and its training.
+
+  Attributes:
+    layers: stages whose parameter gradients are features (default: the last stage, the
+      logits layer, which the paper finds the most informative; more layers make the
+      features much larger).
+    filters: width of the row-wise gradient filter (the paper's number of conv filters).
+    gradient_hidden: fully connected widths after the gradient filter.
+    component_hidden: widths of the output, loss and label components.
+    encoder_hidden: widths of the encoder before the member logit.
+    dropout: dropout rate on the gradient component's input and after its filter.
+    epochs, batch_size, learning_rate: Adam training of the attack model.
+    validation_fraction: attacker-side examples held out for early stopping and for the
+      threshold calibration.
+    microbatch_size: examples per compiled chunk of the per-example gradient pass.
+    max_feature_bytes: the features are held in host memory; a larger request is an
+      error before any compute (choose fewer or smaller layers).
+  """
+  layers: tuple[str, ...] | None = None
+  filters: int = 64
+  gradient_hidden: tuple[int, ...] = (256, 64)
+  component_hidden: tuple[int, ...] = (128, 64)
+  encoder_hidden: tuple[int, ...] = (256, 128, 64)
+  dropout: float = 0.2
+  epochs: int = 40
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  validation_fraction: float = 0.2
+  microbatch_size: int = 128
+  max_feature_bytes: int = 4 << 30
+
+  def __post_init__(self):
+    if self.layers is not None:
+      object.__setattr__(self, "layers", tuple(self.layers))
+      if not self.layers:
+        raise MiaInputError("layers: expected at least one layer (or None for the last)")
+    for name in ("filters", "epochs", "batch_size", "microbatch_size", "max_feature_bytes"):
+      check_positive_int(getattr(self, name), name)
+    for name in ("gradient_hidden", "component_hidden", "encoder_hidden"):
+      widths = tuple(getattr(self, name))
+      object.__setattr__(self, name, widths)
+      for w in widths:
+        check_positive_int(w, name)
+    check_in_range(self.dropout, "dropout", 0.0, 1.0, high_open=True)
+    check_in_range(self.learning_rate, "learning_rate", 0.0, np.inf, low_open=True,
+                   high_open=True)
+    check_in_range(self.validation_fraction, "validation_fraction", 0.0, 0.5, low_open=True)
+
+
+# -- features: per-example gradients of the chosen layers ------------------------------------
+
+def _kernel_and_bias(tree: Any, stage: str) -> tuple[tuple, tuple | None]:
+  """Paths of the one kernel (and its bias) in a stage's parameter tree."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  kernels = [p for p, _ in leaves if getattr(p[-1], "key", None) == "kernel"]
+  if len(kernels) != 1:
+    raise MiaInputError(
+        f"layers: stage {stage!r} has {len(kernels)} weight kernels; the Nasr et al. attack "
+        f"takes the gradient of stages with exactly one (a Dense or Conv layer)")
+  kpath = kernels[0]
+  bias = [p for p, _ in leaves if p[:-1] == kpath[:-1] and getattr(p[-1], "key", None) == "bias"]
+  return kpath, (bias[0] if bias else None)
+
+
+def _get(tree, path):
+  for p in path:
+    tree = tree[p.key]
+  return tree
+
+
+def check_layers(model: LayeredModel, layers: Sequence[str] | None) -> tuple[str, ...]:
+  """The stages to take gradients of (default: the last); errors name bad ones."""
+  if layers is None:
+    return (model.stage_names[-1],)
+  layers = tuple(layers)
+  bad = [l for l in layers if l not in model.stage_names]
+  if bad:
+    raise MiaInputError(f"layers: model {model.name!r} has no parameter stage(s) {bad}; its "
+                        f"stages are {list(model.stage_names)}")
+  if len(set(layers)) != len(layers):
+    raise MiaInputError(f"layers: duplicate stage names in {list(layers)}")
+  params = model._abstract_variables()["params"]
+  for l in layers:
+    if l not in params:
+      raise MiaInputError(f"layers: stage {l!r} has no parameters")
+    _kernel_and_bias(params[l], l)
+  return layers
+
+
+def gradient_matrix(stage_grads: Any, stage: str) -> jax.Array:
+  """One example's gradient of a stage as ``[out, in + 1]`` (kernel rows, bias column)."""
+  kpath, bpath = _kernel_and_bias(stage_grads, stage)
+  k = _get(stage_grads, kpath)
+  mat = k.reshape(-1, k.shape[-1]).T
+  bias = _get(stage_grads, bpath) if bpath is not None else jnp.zeros(k.shape[-1], k.dtype)
+  return jnp.concatenate([mat, bias[:, None]], axis=1)
+
+
+def feature_shapes(model: LayeredModel, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of every feature array (without the example axis)."""
+  params = model._abstract_variables()["params"]
+  shapes = {"probs": (model.num_classes,), "loss": (), "label": (model.num_classes,)}
+  for l in layers:
+    kpath, _ = _kernel_and_bias(params[l], l)
+    k = _get(params[l], kpath).shape
+    shapes[f"grad:{l}"] = (k[-1], int(np.prod(k[:-1])) + 1)
+  return shapes
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_features(model: LayeredModel, layers: tuple[str, ...]):
+  from mia_jax.signals import loss as loss_of_logits
+
+  def per_example(variables, x1, y1):
+    params = variables["params"]
+
+    def loss(selected):
+      full = {**variables, "params": {**params, **selected}}
+      logits = model.apply(full, x1[None])[0]
+      return loss_of_logits(logits[None], y1[None])[0], logits
+
+    (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(
+        {l: params[l] for l in layers})
+    out = {"probs": jax.nn.softmax(logits), "loss": value,
+           "label": jax.nn.one_hot(y1, model.num_classes)}
+    for l in layers:
+      out[f"grad:{l}"] = gradient_matrix(grads[l], l)
+    return out
+
+  return jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))
+
+
+def attack_features(model: LayeredModel, variables: Variables, x, y, *,
+                    layers: Sequence[str] | None = None, microbatch_size: int = 128,
+                    max_feature_bytes: int | None = None) -> dict[str, np.ndarray]:
+  """The attack model's inputs for every example, as host arrays.
+
+  Returns:
+    {"probs": float[N, K], "loss": float[N], "label": float[N, K],
+     "grad:<stage>": float[N, out, in + 1] for each chosen stage}.
+  """
+  layers = check_layers(model, layers)
+  x, y = model.check_inputs(x, y)
+  shapes = feature_shapes(model, layers)
+  nbytes = 4 * x.shape[0] * sum(int(np.prod(s)) for s in shapes.values())
+  if max_feature_bytes is not None and nbytes > max_feature_bytes:
+    raise MiaInputError(
+        f"layers: the gradient features of {list(layers)} for {x.shape[0]} examples take "
+        f"{nbytes / 2**30:.2f} GiB (> max_feature_bytes = {max_feature_bytes / 2**30:.2f} "
+        f"GiB); choose fewer or smaller layers")
+  fn = _compiled_features(model, layers)
+  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size)
+  return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+# -- the attack model ----------------------------------------------------------------------
+
+class _FC(nn.Module):
+  widths: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, h):
+    for w in self.widths:
+      h = nn.relu(nn.Dense(w)(h))
+    return h
+
+
+class AttackModel(nn.Module):
+  """Nasr et al.'s attack network: gradient, output, loss and label components, encoder."""
+  grad_keys: tuple[str, ...]
+  filters: int
+  gradient_hidden: tuple[int, ...]
+  component_hidden: tuple[int, ...]
+  encoder_hidden: tuple[int, ...]
+  dropout: float
+
+  @nn.compact
+  def __call__(self, feats: dict[str, jax.Array], train: bool = False) -> jax.Array:
+    parts = [_FC(self.component_hidden, name="output")(feats["probs"]),
+             _FC(self.component_hidden, name="loss")(feats["loss"][:, None]),
+             _FC(self.component_hidden, name="label")(feats["label"])]
+    for i, key in enumerate(self.grad_keys):
+      g = nn.Dropout(self.dropout, deterministic=not train)(feats[key])
+      # A filter spanning a whole row (the paper's 1 x in convolution), shared by rows.
+      g = nn.relu(nn.Dense(self.filters, name=f"grad_filter_{i}")(g))
+      g = g.reshape((g.shape[0], -1))
+      g = nn.Dropout(self.dropout, deterministic=not train)(g)
+      parts.append(_FC(self.gradient_hidden, name=f"grad_{i}")(g))
+    h = _FC(self.encoder_hidden, name="encoder")(jnp.concatenate(parts, axis=1))
+    return nn.Dense(1, name="member")(h)[:, 0]
+
+
+class NasrState(NamedTuple):
+  """A trained attack model.
+
+  Attributes:
+    module: the flax module.
+    params: its parameters.
+    scales: per-feature normalization ({"grad:<stage>": rms, "loss": (mean, std)}).
+    layers: the stages whose gradients it reads.
+    history: per-epoch {"train_loss", "val_loss"}; ``best_epoch`` is the one kept.
+    best_epoch: 0-based epoch whose parameters were kept.
+  """
+  module: AttackModel
+  params: Any
+  scales: dict
+  layers: tuple[str, ...]
+  history: dict
+  best_epoch: int
+
+
+def _normalize(feats: dict[str, np.ndarray], scales: dict) -> dict[str, np.ndarray]:
+  out = dict(feats)
+  mean, std = scales["loss"]
+  out["loss"] = (feats["loss"] - mean) / std
+  for k, s in scales.items():
+    if k.startswith("grad:"):
+      out[k] = feats[k] / s
+  return out
+
+
+def _fit_scales(feats: dict[str, np.ndarray]) -> dict:
+  scales = {"loss": (float(feats["loss"].mean()), float(feats["loss"].std() or 1.0))}
+  for k, v in feats.items():
+    if k.startswith("grad:"):
+      rms = float(np.sqrt(np.mean(np.square(v, dtype=np.float64))))
+      scales[k] = rms if rms > 0 else 1.0
+  return scales
+
+
+def _take(feats, idx):
+  return {k: v[idx] for k, v in feats.items()}
+
+
+def _check_features(feats: dict[str, np.ndarray]) -> tuple[int, tuple[str, ...]]:
+  missing = [k for k in FEATURE_KEYS if k not in feats]
+  grad_keys = tuple(sorted(k for k in feats if k.startswith("grad:")))
+  if missing or not grad_keys:
+    raise MiaInputError(f"features: expected {list(FEATURE_KEYS)} and at least one 'grad:' "
+                        f"array (from attack_features), got {sorted(feats)}")
+  sizes = {k: np.shape(v)[0] for k, v in feats.items()}
+  if len(set(sizes.values())) != 1:
+    raise MiaInputError(f"features: arrays have different numbers of examples: {sizes}")
+  for k, v in feats.items():
+    if not np.all(np.isfinite(v)):
+      raise MiaInputError(f"features: {k!r} has non-finite values")
+  return next(iter(sizes.values())), grad_keys
+
+
+def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
+                     config: NasrConfig = NasrConfig(), seed: int = 0, progress=None,
+                     log: Callable[[str], None] | None = None
+                     ) -> tuple[NasrState, np.ndarray]:
+  """Trains the attack network on features with known membership.
+
+  Args:
+    features: from :func:`attack_features` (the same layers as will be attacked).
+    is_member: bool[N]; both values must occur.
+    config: architecture and training hyperparameters.
+    seed: initialization, dropout, shuffling and the validation split.
+  Returns:
+    (state, validation indices): the attack model with the best held-out epoch's
+    parameters, and the indices (into ``features``) held out from training.
+  """
+  from mia_jax._validation import check_membership
+  n, grad_keys = _check_features(features)
+  labels = check_membership(is_member, n=n, name="is_member")
+  rng = np.random.default_rng((seed, 1103))
+  val = []
+  for cls in (True, False):  # stratified hold-out, at least one of each class
+    idx = rng.permutation(np.flatnonzero(labels == cls))
+    if idx.size < 2:
+      raise MiaInputError("is_member: need at least 2 members and 2 non-members")
+    val.append(idx[:max(1, int(round(config.validation_fraction * idx.size)))])
+  val = np.sort(np.concatenate(val))
+  train = np.setdiff1d(np.arange(n), val)
+  scales = _fit_scales(_take(features, train))
+  feats = _normalize(features, scales)
+  y = labels.astype(np.float32)
+  # Members and non-members weigh half each in the training loss (balanced).
+  n_pos = float(labels[train].sum())
+  weight = np.where(labels, 0.5 / max(n_pos, 1.0), 0.5 / max(train.size - n_pos, 1.0))
+  weight = (weight * train.size).astype(np.float32)
+
+  module = AttackModel(grad_keys=grad_keys, filters=config.filters,
+                       gradient_hidden=config.gradient_hidden,
+                       component_hidden=config.component_hidden,
+                       encoder_hidden=config.encoder_hidden, dropout=config.dropout)
+  key = jax.random.key(seed)
+  init_key, key = jax.random.split(key)
+  params = module.init(init_key, _take(feats, np.arange(1)))["params"]
+  tx = optax.adam(config.learning_rate)
+  opt = tx.init(params)
+  step, eval_loss = _compiled_training(module, float(config.learning_rate))
+
+  bs = min(config.batch_size, train.size)
+  steps = max(1, train.size // bs)
+  val_feats = {k: jnp.asarray(v) for k, v in _take(feats, val).items()}
+  val_y = jnp.asarray(y[val])
+  best = (np.inf, params, -1)
+  history = {"train_loss": [], "val_loss": []}
+  task = progress.add_task("nasr attack model", total=config.epochs) if progress else None
+  for epoch in range(config.epochs):
+    order = rng.permutation(train)
+    losses = []
+    for s in range(steps):  # host gather: the features are never compile-time constants
+      key, dkey = jax.random.split(key)
+      b = order[s * bs:(s + 1) * bs]
+      params, opt, value = step(params, opt, _take(feats, b), y[b], weight[b], dkey)
+      losses.append(value)
+    vl = float(eval_loss(params, val_feats, val_y))
+    history["train_loss"].append(float(np.mean(jax.device_get(losses))))
+    history["val_loss"].append(vl)
+    if vl < best[0]:
+      best = (vl, params, epoch)
+    if task is not None:
+      progress.advance(task)
+  if task is not None:
+    progress.remove_task(task)
+  if log is not None:
+    log(f"nasr: kept epoch {best[2] + 1}/{config.epochs} (held-out loss {best[0]:.4f})")
+  return NasrState(module, best[1], scales, tuple(k[5:] for k in grad_keys), history,
+                   best[2]), val
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_training(module: AttackModel, learning_rate: float):
+  """(step, eval_loss), jitted; cached per module and learning rate."""
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, opt, feats, y, w, dkey):
+    def loss_fn(p):
+      logits = module.apply({"params": p}, feats, train=True, rngs={"dropout": dkey})
+      return jnp.mean(w * optax.sigmoid_binary_cross_entropy(logits, y))
+    value, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, value
+
+  @jax.jit
+  def eval_loss(params, feats, y):  # balanced mean BCE
+    bce = optax.sigmoid_binary_cross_entropy(module.apply({"params": params}, feats), y)
+    pos = jnp.sum(y)
+    return 0.5 * (jnp.sum(y * bce) / jnp.maximum(pos, 1.0)
+                  + jnp.sum((1 - y) * bce) / jnp.maximum(y.size - pos, 1.0))
+
+  return step, eval_loss
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_predict(module: AttackModel):
+  return jax.jit(lambda params, feats: module.apply({"params": params}, feats))
+
+
+def predict(state: NasrState, features: dict[str, np.ndarray], *,
+            microbatch_size: int = 1024) -> np.ndarray:
+  """Member logits float[N] of the attack model (higher = more likely member)."""
+  _, grad_keys = _check_features(features)
+  want = tuple(f"grad:{l}" for l in state.layers)
+  if grad_keys != want:
+    raise MiaInputError(f"features: the attack model reads gradients of {list(state.layers)}, "
+                        f"got {[k[5:] for k in grad_keys]}")
+  feats = _normalize(features, state.scales)
+  keys = sorted(feats)
+  fn = _compiled_predict(state.module)
+  out = run_microbatched(lambda *arrs: fn(state.params, dict(zip(keys, arrs))),
+                         [feats[k] for k in keys], microbatch_size)
+  return np.asarray(out, np.float64)
+
+
+# -- the whole attack against one target -----------------------------------------------------
+
+class NasrResult(NamedTuple):
+  """Scores of the target's evaluation examples and the calibrated operating point.
+
+  Attributes:
+    scores: float[N] member logits of the evaluation examples.
+    threshold: chosen on the attacker's held-out shadow examples for ``target_precision``.
+    calibration: how the threshold was chosen, and the attack model's training record.
+    attacker_scores: {"scores", "is_member"} on the held-out attacker-side examples.
+  """
+  scores: np.ndarray
+  threshold: float
+  calibration: dict
+  attacker_scores: dict
+
+
+def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, eval_x, eval_y,
+               *, target_train_size: int, config: NasrConfig = NasrConfig(),
+               train_config=None, target_precision: float = 0.9, seed: int = 0,
+               progress=None, work_dir: str | None = None,
+               train_shadow: Callable | None = None,
+               log: Callable[[str], None] | None = None) -> NasrResult:
+  """Shadow-setting Nasr et al. attack against one target.
+
+  The attacker's data is partitioned as for the Stolen Memories shadow setting
+  (:func:`mia_jax.attacks.stolen_memories.partition_attacker_data`, same seed), and the
+  shadow target is trained with the same seed, so an audit running both attacks can train
+  it once (pass the same memoizing ``train_shadow`` to both).
+
+  Args:
+    model, target_variables: the target.
+    aux_x, aux_y: the attacker's auxiliary data (disjoint from the target's training set).
+    eval_x, eval_y: the examples to decide membership of.
+    target_train_size: size of the target's training set (the shadow's matches it, as far
+      as the auxiliary data allows).
+    config: the attack model's hyperparameters.
+    train_config: the target's recipe (:class:`mia_jax.train.TrainConfig`) for the shadow.
+    target_precision: precision the threshold aims for on held-out shadow examples.
+    seed: fixes the partition, shadow training and the attack model.
+    train_shadow: optional ``(x, y, indices, seed) -> variables`` that trains the shadow.
+  """
+  from mia_jax.attacks.stolen_memories import partition_attacker_data
+  from mia_jax.metrics import calibrate_threshold
+  from mia_jax.train import TrainConfig, train_model
+  import os
+
+  layers = check_layers(model, config.layers)
+  check_in_range(target_precision, "target_precision", 0.0, 1.0)
+  aux_x, aux_y = model.check_inputs(aux_x, aux_y)
+  eval_x, eval_y = model.check_inputs(eval_x, eval_y)
+  parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
+                                  setting="shadow", seed=seed)
+  shapes = feature_shapes(model, layers)
+  n_feat = parts.shadow_in.size + parts.shadow_out.size + eval_x.shape[0]
+  nbytes = 4 * n_feat * sum(int(np.prod(s)) for s in shapes.values())
+  if nbytes > config.max_feature_bytes:
+    raise MiaInputError(
+        f"layers: the gradient features of {list(layers)} for {n_feat} examples take "
+        f"{nbytes / 2**30:.2f} GiB (> max_feature_bytes = {config.max_feature_bytes / 2**30:.2f}"
+        f" GiB); choose fewer or smaller layers")
+  if train_shadow is not None:
+    shadow = train_shadow(aux_x, aux_y, parts.shadow_in, (seed, 7919))
+  else:
+    ckpt = None if work_dir is None else os.path.join(work_dir, "shadow")
+    shadow = train_model(model, aux_x, aux_y, config=train_config or TrainConfig(),
+                         seed=(seed, 7919), indices=parts.shadow_in, progress=progress,
+                         description="shadow target", checkpoint_dir=ckpt).variables
+  idx = np.concatenate([parts.shadow_in, parts.shadow_out])
+  is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
+  feats = attack_features(model, shadow, aux_x[idx], aux_y[idx], layers=layers,
+                          microbatch_size=config.microbatch_size)
+  state, val = fit_attack_model(feats, is_member, config=config, seed=seed, progress=progress,
+                                log=log)
+  val_scores = predict(state, _take(feats, val))
+  threshold = calibrate_threshold(val_scores, is_member[val], target_precision=target_precision)
+  target_feats = attack_features(model, target_variables, eval_x, eval_y, layers=layers,
+                                 microbatch_size=config.microbatch_size)
+  scores = predict(state, target_feats)
+  calibration = {"setting": "shadow", "target_precision": float(target_precision),
+                 "layers": list(layers), "attacker_examples": int(idx.size),
+                 "calibration_examples": int(val.size), "best_epoch": state.best_epoch + 1,
+                 "epochs": config.epochs, "val_loss": state.history["val_loss"]}
+  return NasrResult(scores, float(threshold), calibration,
+                    {"scores": val_scores, "is_member": is_member[val]})
