@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 BLACKBOX_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
 REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
 SHADOW_ATTACKS = ("shokri",)
-WHITEBOX_ATTACKS = ("gradient-norm", "stolen-memories")
+WHITEBOX_ATTACKS = ("gradient-norm", "stolen-memories", "nasr")
 ALL_ATTACKS = BLACKBOX_ATTACKS + REFERENCE_ATTACKS + SHADOW_ATTACKS + WHITEBOX_ATTACKS
 DEFAULT_ATTACKS = ALL_ATTACKS
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
@@ -51,6 +51,8 @@ class AuditConfig:
     optimizer, learning_rate, epochs, batch_size, weight_decay: the training recipe.
     attacks: attack names (see ``ALL_ATTACKS``).
     layers: layers for the white-box attack (None: all below the logits).
+    gradient_layers: stages whose per-example parameter gradients the Nasr et al. attack
+      reads (None: the last stage, the logits layer).
     num_proxies: proxies per layer (averaged).
     path_steps: 0 for point Jacobians, R for path-integrated ones.
     whitebox_setting: "shadow" or "nonmember" (see :mod:`mia_jax.attacks.meta`).
@@ -96,6 +98,7 @@ class AuditConfig:
   weight_decay: float = 0.0
   attacks: tuple[str, ...] = DEFAULT_ATTACKS
   layers: tuple[str, ...] | None = None
+  gradient_layers: tuple[str, ...] | None = None
   num_proxies: int = 1
   path_steps: int = 0
   whitebox_setting: str = "shadow"
@@ -171,6 +174,8 @@ class AuditConfig:
     d["attacks"] = list(self.attacks)
     d["defenses"] = list(self.defenses)
     d["layers"] = list(self.layers) if self.layers is not None else None
+    d["gradient_layers"] = (list(self.gradient_layers) if self.gradient_layers is not None
+                            else None)
     return d
 
 
@@ -277,6 +282,41 @@ def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
   for m in range(num_models):
     keep[m, rng.choice(n, k, replace=False)] = True
   return keep
+
+
+def _whitebox_shadow_trainer(path, model, tcfg, train_one, progress, log, checkpoint_dir):
+  """``(x, y, indices, seed) -> variables`` for the white-box shadow target: trained once
+  per (indices, seed) in this run, saved at ``path`` and reloaded when a run is resumed
+  (the saved model is reused only if it was trained on the same indices and seed)."""
+  import hashlib
+  import jax
+  from mia_jax.train import load_variables, save_variables, train_model
+  memo = {}
+
+  def train(xs, ys, indices, seed):
+    key = hashlib.sha256(np.asarray(indices, np.int64).tobytes()
+                         + repr(seed).encode()).hexdigest()
+    if key in memo:
+      return memo[key]
+    if os.path.isdir(path):
+      like = jax.eval_shape(model.init, jax.random.key(0))
+      variables, meta = load_variables(path, like=like)
+      if meta.get("key") == key:
+        log(f"resuming: reusing the white-box shadow target in {path}")
+        memo[key] = variables
+        return variables
+    if train_one is not None:
+      variables = train_one(xs, ys, indices, seed)
+    else:
+      variables = train_model(model, xs, ys, config=tcfg, seed=seed, indices=indices,
+                              progress=progress, description="white-box shadow target",
+                              checkpoint_dir=checkpoint_dir).variables
+    save_variables(path, variables, metadata={"model": dict(model.spec), "key": key},
+                   overwrite=True)
+    memo[key] = variables
+    return variables
+
+  return train
 
 
 def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log,
@@ -471,7 +511,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
   if overwrite and os.path.isdir(out_dir):
     import shutil
     for name in ("results.json", "scores.npz", "target", "reference", "shadow", "config.json",
-                 "checkpoints", "report.html", "report.md", "plots"):
+                 "checkpoints", "report.html", "report.md", "plots", "whitebox_shadow"):
       p = os.path.join(out_dir, name)
       if os.path.isdir(p):
         shutil.rmtree(p)
@@ -502,6 +542,9 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
   if config.layers is not None and "stolen-memories" in config.attacks:
     from mia_jax.whitebox import _check_layers
     _check_layers(model, config.layers)  # before any training
+  if "nasr" in config.attacks:
+    from mia_jax.attacks import nasr
+    nasr.check_layers(model, config.gradient_layers)  # before any training
   tcfg = config.train_config()
   from mia_jax.defenses import parse_defenses
   defenses = parse_defenses(config.defenses, ds.num_classes)  # k <= K, before training
@@ -664,6 +707,12 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
         entry["layers"][stage] = summarize(scores[f"gradient-norm/{stage}"], is_member, REPORT_FPRS)
     attacks_out["gradient-norm"] = entry
 
+  # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et al.)
+  # is one model trained with the same data and seed: trained once, saved for resuming.
+  whitebox_shadow = _whitebox_shadow_trainer(os.path.join(out_dir, "whitebox_shadow"), model,
+                                             tcfg, train_one, progress, log,
+                                             os.path.join(work, "whitebox_shadow"))
+
   if "stolen-memories" in config.attacks:
     smc = sm.StolenMemoriesConfig(layers=config.layers, num_proxies=config.num_proxies,
                                   path_steps=config.path_steps,
@@ -676,7 +725,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
                            target_precision=config.target_precision,
                            target_fpr=config.target_fpr, seed=config.seed, progress=progress,
                            work_dir=os.path.join(work, "stolen_memories"),
-                           train_shadow=train_one)
+                           train_shadow=whitebox_shadow)
 
     wb = stages.run("stolen_memories", whitebox)
     scores["stolen-memories"] = wb.meta_scores
@@ -694,6 +743,27 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
       scores[f"stolen-memories/{layer}"] = s
       entry["layers"][layer] = summarize(s, is_member, REPORT_FPRS)
     attacks_out["stolen-memories"] = entry
+
+  if "nasr" in config.attacks:
+    from mia_jax.attacks import nasr
+    ncfg = nasr.NasrConfig(layers=config.gradient_layers,
+                           microbatch_size=min(config.microbatch_size, 128))
+    res = stages.run("nasr", lambda: nasr.run_attack(
+        model, target, x[split.auxiliary], y[split.auxiliary], x[eval_idx], y[eval_idx],
+        target_train_size=n_target, config=ncfg, train_config=tcfg,
+        target_precision=config.target_precision, seed=config.seed, progress=progress,
+        train_shadow=whitebox_shadow, log=log))
+    scores["nasr"] = res.scores
+    entry = summarize(res.scores, is_member, REPORT_FPRS)
+    precision, recall = precision_recall_at(res.scores, is_member, res.threshold)
+    fpr = float(np.mean(res.scores[~is_member] >= res.threshold))
+    entry["calibrated"] = {
+        **res.calibration, "threshold": res.threshold, "precision": float(precision),
+        "recall": float(recall), "fpr": fpr,
+        "prior_precision": {str(p): float(prior_precision(recall, fpr, p))
+                            for p in (0.5, 0.1, 0.01)},
+    }
+    attacks_out["nasr"] = entry
 
   write_npz_atomic(os.path.join(out_dir, "scores.npz"), is_member=is_member,
                    labels=y[eval_idx], **{f"score:{k}": v for k, v in scores.items()})

@@ -102,6 +102,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
       help=f"comma-separated attacks from: {', '.join(ALL_ATTACKS)}")
   arg("--layers", key="layers", type=_csv,
       help="white-box layers, comma-separated (None: every layer below the logits)")
+  arg("--gradient-layers", key="gradient_layers", type=_csv,
+      help="stages whose per-example parameter gradients the Nasr et al. attack reads, "
+           "comma-separated (None: the last stage)")
   arg("--num-proxies", key="num_proxies", type=int, help="white-box proxies per layer")
   arg("--path-steps", key="path_steps", type=int,
       help="0: point Jacobians; R: path-integrated over R steps")
@@ -194,7 +197,7 @@ def audit_options(args) -> tuple[Any, dict[str, Any]]:
       merged[key] = {**merged.get(key, {}), **_key_values(given.pop(key), f"--{key}")}
   merged.update(given)
   run = {k: merged.pop(k, v) for k, v in RUN_KEYS.items()}
-  for key in ("attacks", "layers", "defenses"):
+  for key in ("attacks", "layers", "gradient_layers", "defenses"):
     if key in merged:
       merged[key] = _as_tuple(merged[key], key)
   try:

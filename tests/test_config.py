@@ -28,6 +28,7 @@ VALUES = {
     "weight_decay": (0.001, ["--weight-decay", "0.001"]),
     "attacks": (["loss", "lira"], ["--attacks", "loss,lira"]),
     "layers": (["input", "conv_0"], ["--layers", "input,conv_0"]),
+    "gradient_layers": (["fc", "logits"], ["--gradient-layers", "fc,logits"]),
     "num_proxies": (3, ["--num-proxies", "3"]),
     "path_steps": (8, ["--path-steps", "8"]),
     "whitebox_setting": ("nonmember", ["--whitebox-setting", "nonmember"]),

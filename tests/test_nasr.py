@@ -170,3 +170,52 @@ def test_bad_input_is_an_error_before_compute():
     nasr.NasrConfig(validation_fraction=0.9)
   with pytest.raises(MiaInputError, match="filters"):
     nasr.NasrConfig(filters=0)
+
+
+# -- in the audit ------------------------------------------------------------------------------
+
+def test_audit_runs_nasr_beside_stolen_memories_on_one_shadow_and_resumes(tmp_path):
+  from mia_jax.audit import AuditConfig, prepare, run_audit
+  from mia_jax.train import load_variables
+  cfg = AuditConfig(epochs=3, target_size=60, batch_size=32, model_options={"widths": [16]},
+                    attacks=("loss", "stolen-memories", "nasr"), layers=("dense_0",),
+                    gradient_layers=("dense_0", "logits"))
+  out = tmp_path / "r"
+  lines = []
+  res = run_audit(cfg, str(out), log=lines.append)
+  entry = res["attacks"]["nasr"]
+  assert {"auc", "tpr_at_fpr", "calibrated"} <= set(entry)
+  cal = entry["calibrated"]
+  assert cal["layers"] == ["dense_0", "logits"] and cal["setting"] == "shadow"
+  assert 1 <= cal["best_epoch"] <= cal["epochs"]
+  # One white-box shadow target, saved for resuming, serves both white-box attacks.
+  assert (out / "whitebox_shadow").is_dir()
+  assert not any("reusing the white-box shadow" in l for l in lines)
+  # The audit's scores are the attack run by hand on the saved target.
+  setup = prepare(cfg)
+  target = load_variables(str(out / "target"), like=setup.model.init(jax.random.key(0)))[0]
+  ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+  aux = setup.split.auxiliary
+  direct = nasr.run_attack(setup.model, target, setup.x[aux], setup.y[aux], setup.x[ev],
+                           setup.y[ev], target_train_size=60,
+                           config=nasr.NasrConfig(layers=("dense_0", "logits")),
+                           train_config=cfg.train_config(), target_precision=0.9, seed=0)
+  with np.load(out / "scores.npz") as f:
+    np.testing.assert_allclose(f["score:nasr"], direct.scores, rtol=1e-5, atol=1e-5)
+    first = f["score:nasr"]
+  # Interrupted after the shadow was saved: the rerun reuses it, with the same result.
+  (out / "results.json").unlink()
+  lines.clear()
+  again = run_audit(cfg, str(out), log=lines.append)
+  assert any("reusing the white-box shadow" in l for l in lines)
+  with np.load(out / "scores.npz") as f:
+    np.testing.assert_array_equal(f["score:nasr"], first)
+  assert again["attacks"]["nasr"]["auc"] == entry["auc"]
+
+
+def test_audit_rejects_bad_gradient_layers_before_training(tmp_path):
+  from mia_jax.audit import AuditConfig, run_audit
+  cfg = AuditConfig(epochs=1, target_size=60, attacks=("nasr",), gradient_layers=("conv_9",))
+  with pytest.raises(MiaInputError, match="conv_9"):
+    run_audit(cfg, str(tmp_path / "r"))
+  assert not (tmp_path / "r" / "target").exists()
