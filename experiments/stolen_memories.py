@@ -6,6 +6,7 @@ Usage (from the repository root; needs ../shared/data for the real datasets):
   python experiments/stolen_memories.py --suite mnist      # MLP + small CNN, incl. ~1% gap
   python experiments/stolen_memories.py --suite location
   python experiments/stolen_memories.py --suite lfw
+  python experiments/stolen_memories.py --suite nasr       # Nasr et al. on the MLP targets
   python experiments/stolen_memories.py --suite smoke      # digits, seconds (used in tests)
 
 Each run writes runs/<suite>/<name>/results.json and scores.npz; the suite's markdown
@@ -66,6 +67,17 @@ SUITES = {
                         model_options={"channels": [16, 32], "hidden": 128}, target_size=600,
                         epochs=60, batch_size=32, learning_rate=1e-3),
     },
+}
+
+
+# Nasr et al.'s learned attack (and gradient norms) on the same targets as the MLP runs
+# above: same dataset, recipe and seed, so the same target (the attack list does not change
+# the split or the training); compare with those runs' Stolen Memories rows.
+NASR_ATTACKS = ("loss", "gradient-norm", "nasr")
+SUITES["nasr"] = {
+    f"{name}_nasr": dict(kwargs, attacks=NASR_ATTACKS)
+    for suite in ("mnist", "location") for name, kwargs in SUITES[suite].items()
+    if kwargs["model"] == "mlp"
 }
 
 
