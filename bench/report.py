@@ -140,7 +140,7 @@ def checkpoints_table(rows: list[dict]) -> str:
 
 TABLES = {"whitebox": whitebox_table, "training": training_table,
           "checkpoints": checkpoints_table}
-TITLES = {"whitebox": "(a) White-box signal pass (Stolen Memories)",
+TITLES = {"whitebox": "(a) White-box signal pass (Stolen Memories rows/scores; Nasr et al. gradients)",
           "training": "(b) Training many models",
           "checkpoints": "(c) Many checkpoints"}
 

@@ -13,7 +13,8 @@ from typing import Any
 DOC = {
     "wb_models": "white-box models: mlp, small_cnn, resnet",
     "wb_arch": "paper (MLP 784-1024-1024-10, CNN conv32-conv64-fc128, ResNet 16-32-64) or tiny",
-    "wb_variants": "rows (jacobian_rows) and/or scores (layer_scores, 1 proxy)",
+    "wb_variants": ("rows (jacobian_rows), scores (layer_scores, 1 proxy), gradients (Nasr "
+                    "et al. features)"),
     "wb_n": "white-box examples N",
     "wb_mb": "white-box microbatch size",
     "wb_naive": "examples in the timed per-example jacrev loop (extrapolated to N)",
@@ -33,20 +34,23 @@ DOC = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(
-        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="paper", wb_variants=["rows", "scores"],
+        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="paper",
+        wb_variants=["rows", "scores", "gradients"],
         wb_n=65536, wb_mb=4096, wb_naive=32,
         train_m=[1, 8, 64, 256], train_n=2000, train_epochs=5, train_batch=128,
         train_seq_cap=64,
         ckpt_c=[1, 4, 16, 64, 256], ckpt_n=4096, ckpt_mb=1024,
         warmup=1, reps=5, peak_matmul_n=8192, peak_copy_mb=1024),
     "small": dict(
-        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="paper", wb_variants=["rows", "scores"],
+        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="paper",
+        wb_variants=["rows", "scores", "gradients"],
         wb_n=256, wb_mb=128, wb_naive=16,
         train_m=[1, 8, 32], train_n=1000, train_epochs=3, train_batch=128, train_seq_cap=32,
         ckpt_c=[1, 4, 16, 64], ckpt_n=512, ckpt_mb=256,
         warmup=1, reps=3, peak_matmul_n=2048, peak_copy_mb=256),
     "smoke": dict(
-        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="tiny", wb_variants=["rows", "scores"],
+        wb_models=["mlp", "small_cnn", "resnet"], wb_arch="tiny",
+        wb_variants=["rows", "scores", "gradients"],
         wb_n=16, wb_mb=8, wb_naive=2,
         train_m=[2], train_n=256, train_epochs=1, train_batch=128, train_seq_cap=1,
         ckpt_c=[1, 2], ckpt_n=16, ckpt_mb=8,

@@ -38,7 +38,7 @@ def test_smoke_suite_runs_every_case(tmp_path):
   wb = res["cases"]["whitebox"]
   got = {(r["model"], r["variant"], r["impl"]) for r in wb}
   for model in ("mlp", "small_cnn", "resnet"):
-    for variant in ("rows", "scores"):
+    for variant in ("rows", "scores", "gradients"):
       for impl in ("jax-device", "jax-lax-map", "jax-library", "naive-jacrev-loop"):
         assert (model, variant, impl) in got
   for r in wb:

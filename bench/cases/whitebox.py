@@ -7,6 +7,9 @@ For each model (MLP 784-1024-1024-10; small CNN conv32-conv64-pool-fc128-fc10 on
   logit for every layer of the target, one backward pass per microbatch;
 * ``scores``: ``whitebox.layer_scores`` with a 1-proxy stack -- target rows for all
   layers in one backward pass, one proxy backward per layer, and the linear scores.
+* ``gradients``: ``mia_jax.attacks.nasr.attack_features`` -- the Nasr et al. attack's
+  inputs: per-example loss gradients of the last stage's parameters (vmapped
+  ``jax.grad``), probabilities, loss and label (no PyTorch row for this variant).
 
 Implementations timed side by side, all on the same N examples:
 
@@ -37,6 +40,7 @@ from bench.cases._common import device_chunks, max_rel_err, random_variables, re
 from bench.cost import Peaks, compiled_cost, precision_context
 from bench.timing import time_fn
 from mia_jax import whitebox
+from mia_jax.attacks import nasr
 from mia_jax.models import make_model, stack_variables
 
 CASE = "whitebox"
@@ -89,7 +93,20 @@ def _chunk_fn(model, layers, variant: str):
   """The jitted per-microbatch function the public API calls (private, cached)."""
   if variant == "rows":
     return whitebox._compiled_rows(model, layers, 0, False, False)
+  if variant == "gradients":
+    return nasr._compiled_features(model, _grad_layers(model))
   return whitebox._compiled_scores(model, layers, 0, True, False)
+
+
+def _grad_layers(model):
+  return (model.stage_names[-1],)
+
+
+def _keys(model, layers, variant):
+  """The output keys compared between implementations."""
+  if variant == "gradients":
+    return [f"grad:{l}" for l in _grad_layers(model)] + ["loss"]
+  return list(layers)
 
 
 # -- naive per-example baseline ------------------------------------------------------------
@@ -105,6 +122,18 @@ def _naive_fn(model, layers, variant: str):
 
   if variant == "rows":
     return jax.jit(lambda v, x1, y1: rows_one(v, x1, y1, False))
+
+  if variant == "gradients":
+    (stage,) = _grad_layers(model)
+
+    def grads_one(v, x1, y1):
+      def loss(p):
+        z = model.apply({**v, "params": {**v["params"], stage: p}}, x1)[0]
+        return -jax.nn.log_softmax(z)[y1]
+      value, g = jax.value_and_grad(loss)(v["params"][stage])
+      return {f"grad:{stage}": nasr.gradient_matrix(g, stage), "loss": value}
+
+    return jax.jit(grads_one)
 
   def scores_one(tv, pv, means, x1, y1):
     feats = model.features(tv, x1)
@@ -257,10 +286,15 @@ def run(sizes: dict, peaks: dict[str, Peaks], precisions, *, torch_compile: str 
     n_chunks = len(chunks)
     for variant in sizes["wb_variants"]:
       fn = _chunk_fn(model, layers, variant)
+      keys = _keys(model, layers, variant)
       if variant == "rows":
         args = lambda xb, yb: (target, xb, yb)  # noqa: E731
         library = lambda: whitebox.jacobian_rows(  # noqa: E731
             model, target, x, y, layers=layers, microbatch_size=mb)
+      elif variant == "gradients":
+        args = lambda xb, yb: (target, xb, yb)  # noqa: E731
+        library = lambda: nasr.attack_features(  # noqa: E731
+            model, target, x, y, layers=_grad_layers(model), microbatch_size=mb)
       else:
         args = lambda xb, yb: (target, proxies, means_dev, xb, yb)  # noqa: E731
         library = lambda: whitebox.layer_scores(  # noqa: E731
@@ -272,7 +306,8 @@ def run(sizes: dict, peaks: dict[str, Peaks], precisions, *, torch_compile: str 
         log(f"  whitebox {name}/{variant}/{precision}: N={n} mb={mb} layers={list(layers)}")
         pk = peaks.get(precision)
         common = dict(model=name, variant=variant, precision=precision, n=n, microbatch=mb,
-                      layers=list(layers), arch=model.spec, input_shape=list(model.input_shape))
+                      layers=list(_grad_layers(model) if variant == "gradients" else layers),
+                      arch=model.spec, input_shape=list(model.input_shape))
         with precision_context(precision):
           cost = compiled_cost(fn, *args(*chunks[0]))
           flops = cost.flops * n_chunks if cost.flops else None
@@ -298,7 +333,7 @@ def run(sizes: dict, peaks: dict[str, Peaks], precisions, *, torch_compile: str 
           naive = _naive_fn(model, layers, variant)
           xs1 = [jax.device_put(x[i:i + 1]) for i in range(k)]
           ys1 = [jax.device_put(np.int32(y[i])) for i in range(k)]
-          if variant == "rows":
+          if variant in ("rows", "gradients"):
             call = lambda i: naive(target, xs1[i], ys1[i])  # noqa: E731
           else:
             call = lambda i: naive(target, proxies, means_dev, xs1[i], ys1[i])  # noqa: E731
@@ -307,8 +342,8 @@ def run(sizes: dict, peaks: dict[str, Peaks], precisions, *, torch_compile: str 
           naive_out = jax.device_get([call(i) for i in range(min(k, 4))])
           batched = jax.device_get(fn(*args(*chunks[0])))
           check_naive = max_rel_err(
-              [{l: o[l] for l in layers} for o in naive_out],
-              [{l: np.asarray(batched[l])[i] for l in layers} for i in range(len(naive_out))])
+              [{l: o[l] for l in keys} for o in naive_out],
+              [{l: np.asarray(batched[l])[i] for l in keys} for i in range(len(naive_out))])
           scale = n / k
           t_naive_n = t_naive._replace(
               median=t_naive.median * scale, q1=t_naive.q1 * scale, q3=t_naive.q3 * scale,
@@ -317,10 +352,13 @@ def run(sizes: dict, peaks: dict[str, Peaks], precisions, *, torch_compile: str 
                                  peaks=pk, impl="naive-jacrev-loop", mode="device",
                                  extrapolated_from=k, check_vs_batched=check_naive, **common)
         case_rows = [dev_row, map_row, lib_row, naive_row]
-        case_rows += _torch_rows(model, target, proxy_stack, means, x, y, layers, variant,
+        if variant == "gradients":
+          notes.append("gradients (Nasr et al. features): no PyTorch implementation is timed")
+        else:
+          case_rows += _torch_rows(model, target, proxy_stack, means, x, y, layers, variant,
                                  precision, mb, sizes, pk, flops, nbytes,
-                                 {l: np.asarray(ref[l]) for l in layers}, torch_compile, notes,
-                                 common)
+                                   {l: np.asarray(ref[l]) for l in layers}, torch_compile,
+                                   notes, common)
         for r in case_rows:
           base = dev_row if r["mode"] == "device" else lib_row
           r["jax_speedup"] = r["median_s"] / base["median_s"] if base["median_s"] > 0 else None
