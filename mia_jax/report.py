@@ -44,6 +44,7 @@ PLOT_FILES = {
     "roc_layers.png": "log-log ROC curves of the white-box attack's per-layer scores",
     "histograms.png": "member / non-member score histograms per attack",
     "pr_whitebox.png": "precision-recall curve of the white-box meta-attack",
+    "pr_nasr.png": "precision-recall curve of the Nasr et al. attack",
     "per_class_auc.png": "per-class AUC heatmap",
     "per_class_scatter.png": "per-class AUC vs members of the class",
     "dp.png": "attack accuracy vs epsilon with the DP bounds",
@@ -413,7 +414,7 @@ def _plot_histograms(items: Sequence[tuple[str, float, np.ndarray]], is_member: 
 
 
 def _plot_pr(precision, recall, calibrated: dict | None, prior: float, n_pos: int,
-             dpi: int) -> bytes:
+             dpi: int, name: str = WHITEBOX) -> bytes:
   fig = _figure((11.0, 4.4))
   axes = fig.subplots(1, 2)
   point = None
@@ -421,7 +422,7 @@ def _plot_pr(precision, recall, calibrated: dict | None, prior: float, n_pos: in
     point = (float(calibrated["recall"]), float(calibrated["precision"]))
   for ax, logx in zip(axes, (False, True)):
     r = np.maximum(recall, 0.5 / n_pos) if logx else recall
-    ax.plot(r, precision, color=_COLORS[0], lw=1.6, label="stolen-memories")
+    ax.plot(r, precision, color=_COLORS[0], lw=1.6, label=name)
     ax.axhline(prior, color="0.55", lw=1, linestyle="--", label=f"chance (prior {prior:.2f})")
     if calibrated and calibrated.get("target_precision") is not None:
       ax.axhline(float(calibrated["target_precision"]), color=_COLORS[2], lw=1, linestyle=":",
@@ -635,13 +636,29 @@ def _hist_section(run: _Run, top: dict, dpi: int) -> list[_Block]:
               "piled into the edge bins (their share is in each title).", png))]
 
 
+# Calibrated white-box attacks: (name, heading, plot file).
+CALIBRATED = (
+    (WHITEBOX, "White-box meta-attack (Stolen Memories): calibrated operating point",
+     "pr_whitebox.png"),
+    ("nasr", "Nasr et al. learned white-box attack: calibrated operating point", "pr_nasr.png"),
+)
+
+
 def _whitebox_section(run: _Run, top: dict, dpi: int) -> list[_Block]:
+  blocks = []
+  for name, heading, filename in CALIBRATED:
+    blocks += _calibrated_section(run, name, heading, filename, dpi)
+  return blocks
+
+
+def _calibrated_section(run: _Run, name: str, heading: str, filename: str,
+                        dpi: int) -> list[_Block]:
   from mia_jax.metrics import precision_recall_curve
-  entry = run.results["attacks"].get(WHITEBOX)
-  if not isinstance(entry, dict) and WHITEBOX not in run.scores:
+  entry = run.results["attacks"].get(name)
+  if not isinstance(entry, dict) and name not in run.scores:
     return []
   cal = (entry or {}).get("calibrated") if isinstance(entry, dict) else None
-  blocks = [_Block("h2", "White-box meta-attack (Stolen Memories): calibrated operating point")]
+  blocks = [_Block("h2", heading)]
   if cal:
     goal = (f"precision {_fmt(cal.get('target_precision'), 2)}" if cal.get("setting") != "nonmember"
             else f"FPR {_fmt(cal.get('target_fpr'), 4)}")
@@ -653,20 +670,21 @@ def _whitebox_section(run: _Run, top: dict, dpi: int) -> list[_Block]:
             ("FPR", _fmt(cal.get("fpr"), 4))]
     for p, v in (cal.get("prior_precision") or {}).items():
       rows.append((f"precision if {float(p):.0%} of the pool were members", _fmt(v)))
-    for k in ("layers", "meta_kind", "use_loss", "num_proxies", "proxy_size"):
+    for k in ("layers", "meta_kind", "use_loss", "num_proxies", "proxy_size", "best_epoch",
+              "calibration_examples"):
       if k in cal:
         v = cal[k]
         rows.append((k, ", ".join(map(str, v)) if isinstance(v, list) else _fmt(v)))
     blocks.append(_Block("table", headers=("calibrated operating point", "value"), rows=rows,
                          align_numbers=False))
-  if run.is_member is not None and WHITEBOX in run.scores:
+  if run.is_member is not None and name in run.scores:
     m = run.is_member
-    precision, recall, _ = precision_recall_curve(run.scores[WHITEBOX], m)
-    png = _plot_pr(precision, recall, cal, float(m.mean()), int(m.sum()), dpi)
+    precision, recall, _ = precision_recall_curve(run.scores[name], m)
+    png = _plot_pr(precision, recall, cal, float(m.mean()), int(m.sum()), dpi, name)
     blocks.append(_Block("plot", plot=_Plot(
-        "pr_whitebox.png", "Precision-recall curve of the white-box meta-attack on the "
-        "evaluation examples (right: recall on a log scale), with the operating point of the "
-        "threshold calibrated on attacker data (star).", png)))
+        filename, f"Precision-recall curve of {name} on the evaluation examples (right: "
+        "recall on a log scale), with the operating point of the threshold calibrated on "
+        "attacker data (star).", png)))
   return blocks
 
 

@@ -37,6 +37,17 @@ def _make_run(path, *, attacks=("loss", "lira", "stolen-memories"), dp=False, n=
   attacks_out = {}
   for a in attacks:
     attacks_out[a] = summarize(scores[a], is_member, FPRS)
+  if "nasr" in attacks:
+    s = scores["nasr"]
+    thr = float(np.quantile(s, 0.8))
+    pred = s >= thr
+    attacks_out["nasr"]["calibrated"] = {
+        "setting": "shadow", "target_precision": 0.9, "threshold": thr,
+        "precision": float((pred & is_member).sum() / pred.sum()),
+        "recall": float((pred & is_member).sum() / is_member.sum()),
+        "fpr": float((pred & ~is_member).sum() / (~is_member).sum()),
+        "prior_precision": {"0.5": 0.7}, "layers": ["logits"], "best_epoch": 7,
+        "calibration_examples": 40}
   if "stolen-memories" in attacks:
     s = scores["stolen-memories"]
     thr = float(np.quantile(s, 0.9))
@@ -121,6 +132,7 @@ def test_full_report(tmp_path):
   assert names == {"roc.png", "roc_layers.png", "histograms.png", "pr_whitebox.png",
                    "per_class_auc.png", "per_class_scatter.png", "timings.png"}
   assert "dp.png" not in names and "Differential privacy" not in text
+  assert "Nasr" not in text
   # Content: header, target, table sorted by AUC, calibrated point, environment.
   assert "synthetic &lt;test&gt;" in text  # escaped
   assert "Target model" in text and "0.2000" in text
@@ -220,3 +232,18 @@ def test_report_renders_in_headless_browser(tmp_path):
   assert m, f"no load marker in the DOM; browser stderr tail:\n{out.stderr[-2000:]}"
   assert int(m.group(2)) == n_images > 0
   assert int(m.group(1)) == n_images, f"only {m.group(1)}/{n_images} images decoded"
+
+
+def test_report_shows_the_nasr_operating_point(tmp_path):
+  run = _make_run(tmp_path / "run", attacks=("loss", "stolen-memories", "nasr"))
+  html_path, md_path = write_report(run, dpi=DPI)
+  text, md, refs = _check_report(run, html_path, md_path)
+  names = {os.path.basename(r) for r in refs}
+  assert {"pr_whitebox.png", "pr_nasr.png"} <= names
+  assert "Nasr et al. learned white-box attack: calibrated operating point" in md
+  res = json.loads((tmp_path / "run" / "results.json").read_text())
+  cal = res["attacks"]["nasr"]["calibrated"]
+  section = md[md.index("Nasr et al. learned"):md.index("## Per-class leakage")]
+  assert f"| precision | {cal['precision']:.3f} |" in section
+  assert f"| recall (TPR) | {cal['recall']:.3f} |" in section
+  assert "| best_epoch | 7 |" in section and "| layers | logits |" in section
