@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from mia_jax._batching import on_cpu
-from mia_jax._validation import (check_indices, MiaInputError, as_array, check_finite, check_in_range,
-                                 check_labels, check_positive_int)
+from mia_jax._validation import (MiaInputError, as_array, check_in_range, check_indices,
+                                 check_positive_int)
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.sharding import (check_mesh, gather, replicate, replicated_sharding,
                               shard_stacked, stacked_sharding)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mia_jax import cli
-from mia_jax.audit import AuditConfig, MiaInputError, prepare, run_audit
+from mia_jax.audit import AuditConfig, prepare, run_audit
 from mia_jax.defenses import apply_defenses
 from mia_jax.signals import blackbox_signals, signals_from_logits, signals_from_probs
 from mia_jax.train import load_variables

@@ -1,7 +1,6 @@
 """The command line: audit end to end, results.json schema, errors without tracebacks."""
 
 import json
-import os
 import subprocess
 import sys
 

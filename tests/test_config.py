@@ -1,7 +1,6 @@
 """Config files: every key has a CLI option and a doc entry, YAML == flags, flags win."""
 
 import argparse
-import dataclasses
 import os
 
 import pytest

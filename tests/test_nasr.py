@@ -2,7 +2,6 @@
 and a closed form, the attack network on data with a known answer, the whole attack."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

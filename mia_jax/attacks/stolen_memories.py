@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
-import jax
 import numpy as np
 
 from mia_jax._validation import MiaInputError, as_array, check_positive_int
