@@ -48,6 +48,8 @@ def test_audit_writes_results_and_refuses_to_overwrite(tmp_path):
   sm = res["attacks"]["stolen-memories"]
   assert set(sm["layers"]) == {"input", "dense_0", "dense_1"}
   assert 0 <= sm["calibrated"]["precision"] <= 1
+  nasr = res["attacks"]["nasr"]  # the default runs every attack, Nasr et al. included
+  assert nasr["calibrated"]["layers"] == ["logits"] and 0.3 < nasr["auc"] <= 1
   assert {"train_target", "stolen_memories"} <= set(res["timings"])
   assert "jax" in res["versions"]
   assert (out_dir / "scores.npz").exists() and (out_dir / "target").is_dir()
