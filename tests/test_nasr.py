@@ -54,6 +54,17 @@ def test_features_match_naive_loop(name, opts, shape, layers):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-6, err_msg=k)
   assert {k: v.shape[1:] for k, v in got.items()} == nasr.feature_shapes(model, layers)
+  # With activations: the same arrays plus each stage's output, flattened.
+  got = nasr.attack_features(model, variables, x, y, layers=layers, microbatch_size=4,
+                             activations=True)
+  feats = model.features(variables, x)
+  for l in layers:
+    want[f"act:{l}"] = np.asarray(feats[l]).reshape(7, -1)
+  assert sorted(got) == sorted(want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=2e-6, err_msg=k)
+  assert ({k: v.shape[1:] for k, v in got.items()}
+          == nasr.feature_shapes(model, layers, activations=True))
 
 
 def test_logits_layer_gradient_closed_form():
@@ -95,6 +106,24 @@ def test_attack_model_learns_a_known_signal_and_not_noise():
   state, _ = nasr.fit_attack_model(feats, member, config=SMALL, seed=0)
   test, test_member = _synthetic_features(2000, rng, signal=0.0)
   assert abs(roc_auc(nasr.predict(state, test), test_member) - 0.5) < 0.05
+
+
+def test_activation_component_carries_a_signal_found_only_there():
+  rng = np.random.default_rng(5)
+
+  def make(n):
+    feats, member = _synthetic_features(n, rng, signal=0.0)  # gradients: pure noise
+    act = rng.normal(size=(n, 8)).astype(np.float32)
+    act[member, 0] += 2.0  # the membership signal, in one activation unit
+    return {**feats, "act:logits": act}, member
+
+  feats, member = make(800)
+  state, _ = nasr.fit_attack_model(feats, member, config=SMALL, seed=0)
+  test, test_member = make(2000)
+  assert roc_auc(nasr.predict(state, test), test_member) > 0.85  # Bayes AUC: 0.92
+  no_act = {k: v for k, v in test.items() if k != "act:logits"}
+  with pytest.raises(MiaInputError, match="activations"):
+    nasr.predict(state, no_act)
 
 
 def test_same_seed_same_model_different_seed_differs():

@@ -11,7 +11,9 @@ example, what the white-box target reveals about it into a neural attack model:
   is the same thing written as one ``Dense(in -> filters)`` shared by every row,
   followed by fully connected layers;
 * the **output** vector (the softmax probabilities), the **loss**, and the **label**
-  (one-hot), each through a small fully connected component;
+  (one-hot), each through a small fully connected component; optionally
+  (``activations=True``) the **activations** (outputs) of the chosen stages, each through
+  a fully connected component, as in the paper;
 * an **encoder** (fully connected, 256-128-64-1) over the concatenated components gives
   the member logit.
 
@@ -70,6 +72,7 @@ class NasrConfig:
     microbatch_size: examples per compiled chunk of the per-example gradient pass.
     max_feature_bytes: the features are held in host memory; a larger request is an
       error before any compute (choose fewer or smaller layers).
+    activations: also feed the chosen stages' outputs (the paper's activation component).
   """
   layers: tuple[str, ...] | None = None
   filters: int = 64
@@ -83,6 +86,7 @@ class NasrConfig:
   validation_fraction: float = 0.2
   microbatch_size: int = 128
   max_feature_bytes: int = 4 << 30
+  activations: bool = False
 
   def __post_init__(self):
     if self.layers is not None:
@@ -151,19 +155,23 @@ def gradient_matrix(stage_grads: Any, stage: str) -> jax.Array:
   return jnp.concatenate([mat, bias[:, None]], axis=1)
 
 
-def feature_shapes(model: LayeredModel, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+def feature_shapes(model: LayeredModel, layers: Sequence[str], *,
+                   activations: bool = False) -> dict[str, tuple[int, ...]]:
   """Per-example shapes of every feature array (without the example axis)."""
   params = model._abstract_variables()["params"]
   shapes = {"probs": (model.num_classes,), "loss": (), "label": (model.num_classes,)}
+  layer_shapes = model.layer_shapes() if activations else {}
   for l in layers:
     kpath, _ = _kernel_and_bias(params[l], l)
     k = _get(params[l], kpath).shape
     shapes[f"grad:{l}"] = (k[-1], int(np.prod(k[:-1])) + 1)
+    if activations:
+      shapes[f"act:{l}"] = (int(np.prod(layer_shapes[l])),)
   return shapes
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_features(model: LayeredModel, layers: tuple[str, ...]):
+def _compiled_features(model: LayeredModel, layers: tuple[str, ...], activations: bool = False):
   from mia_jax.signals import loss as loss_of_logits
 
   def per_example(variables, x1, y1):
@@ -180,6 +188,10 @@ def _compiled_features(model: LayeredModel, layers: tuple[str, ...]):
            "label": jax.nn.one_hot(y1, model.num_classes)}
     for l in layers:
       out[f"grad:{l}"] = gradient_matrix(grads[l], l)
+    if activations:
+      feats = model.features(variables, x1[None])
+      for l in layers:
+        out[f"act:{l}"] = feats[l][0].reshape(-1)
     return out
 
   return jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))
@@ -187,23 +199,25 @@ def _compiled_features(model: LayeredModel, layers: tuple[str, ...]):
 
 def attack_features(model: LayeredModel, variables: Variables, x, y, *,
                     layers: Sequence[str] | None = None, microbatch_size: int = 128,
-                    max_feature_bytes: int | None = None) -> dict[str, np.ndarray]:
+                    max_feature_bytes: int | None = None,
+                    activations: bool = False) -> dict[str, np.ndarray]:
   """The attack model's inputs for every example, as host arrays.
 
   Returns:
     {"probs": float[N, K], "loss": float[N], "label": float[N, K],
-     "grad:<stage>": float[N, out, in + 1] for each chosen stage}.
+     "grad:<stage>": float[N, out, in + 1] for each chosen stage, and with
+     ``activations`` "act:<stage>": float[N, D] (the stage's flattened output)}.
   """
   layers = check_layers(model, layers)
   x, y = model.check_inputs(x, y)
-  shapes = feature_shapes(model, layers)
+  shapes = feature_shapes(model, layers, activations=activations)
   nbytes = 4 * x.shape[0] * sum(int(np.prod(s)) for s in shapes.values())
   if max_feature_bytes is not None and nbytes > max_feature_bytes:
     raise MiaInputError(
         f"layers: the gradient features of {list(layers)} for {x.shape[0]} examples take "
         f"{nbytes / 2**30:.2f} GiB (> max_feature_bytes = {max_feature_bytes / 2**30:.2f} "
         f"GiB); choose fewer or smaller layers")
-  fn = _compiled_features(model, layers)
+  fn = _compiled_features(model, layers, bool(activations))
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size)
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
@@ -223,6 +237,7 @@ class _FC(nn.Module):
 class AttackModel(nn.Module):
   """Nasr et al.'s attack network: gradient, output, loss and label components, encoder."""
   grad_keys: tuple[str, ...]
+  act_keys: tuple[str, ...]
   filters: int
   gradient_hidden: tuple[int, ...]
   component_hidden: tuple[int, ...]
@@ -241,6 +256,8 @@ class AttackModel(nn.Module):
       g = g.reshape((g.shape[0], -1))
       g = nn.Dropout(self.dropout, deterministic=not train)(g)
       parts.append(_FC(self.gradient_hidden, name=f"grad_{i}")(g))
+    for i, key in enumerate(self.act_keys):
+      parts.append(_FC(self.component_hidden, name=f"act_{i}")(feats[key]))
     h = _FC(self.encoder_hidden, name="encoder")(jnp.concatenate(parts, axis=1))
     return nn.Dense(1, name="member")(h)[:, 0]
 
@@ -269,7 +286,7 @@ def _normalize(feats: dict[str, np.ndarray], scales: dict) -> dict[str, np.ndarr
   mean, std = scales["loss"]
   out["loss"] = (feats["loss"] - mean) / std
   for k, s in scales.items():
-    if k.startswith("grad:"):
+    if k.startswith(("grad:", "act:")):
       out[k] = feats[k] / s
   return out
 
@@ -277,7 +294,7 @@ def _normalize(feats: dict[str, np.ndarray], scales: dict) -> dict[str, np.ndarr
 def _fit_scales(feats: dict[str, np.ndarray]) -> dict:
   scales = {"loss": (float(feats["loss"].mean()), float(feats["loss"].std() or 1.0))}
   for k, v in feats.items():
-    if k.startswith("grad:"):
+    if k.startswith(("grad:", "act:")):
       rms = float(np.sqrt(np.mean(np.square(v, dtype=np.float64))))
       scales[k] = rms if rms > 0 else 1.0
   return scales
@@ -287,9 +304,14 @@ def _take(feats, idx):
   return {k: v[idx] for k, v in feats.items()}
 
 
-def _check_features(feats: dict[str, np.ndarray]) -> tuple[int, tuple[str, ...]]:
+def _check_features(feats: dict[str, np.ndarray]
+                    ) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
   missing = [k for k in FEATURE_KEYS if k not in feats]
   grad_keys = tuple(sorted(k for k in feats if k.startswith("grad:")))
+  act_keys = tuple(sorted(k for k in feats if k.startswith("act:")))
+  unknown = sorted(set(feats) - set(FEATURE_KEYS) - set(grad_keys) - set(act_keys))
+  if unknown:
+    raise MiaInputError(f"features: unknown array(s) {unknown}")
   if missing or not grad_keys:
     raise MiaInputError(f"features: expected {list(FEATURE_KEYS)} and at least one 'grad:' "
                         f"array (from attack_features), got {sorted(feats)}")
@@ -299,7 +321,7 @@ def _check_features(feats: dict[str, np.ndarray]) -> tuple[int, tuple[str, ...]]
   for k, v in feats.items():
     if not np.all(np.isfinite(v)):
       raise MiaInputError(f"features: {k!r} has non-finite values")
-  return next(iter(sizes.values())), grad_keys
+  return next(iter(sizes.values())), grad_keys, act_keys
 
 
 def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
@@ -318,7 +340,7 @@ def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
     parameters, and the indices (into ``features``) held out from training.
   """
   from mia_jax._validation import check_membership
-  n, grad_keys = _check_features(features)
+  n, grad_keys, act_keys = _check_features(features)
   labels = check_membership(is_member, n=n, name="is_member")
   rng = np.random.default_rng((seed, 1103))
   val = []
@@ -337,7 +359,7 @@ def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
   weight = np.where(labels, 0.5 / max(n_pos, 1.0), 0.5 / max(train.size - n_pos, 1.0))
   weight = (weight * train.size).astype(np.float32)
 
-  module = AttackModel(grad_keys=grad_keys, filters=config.filters,
+  module = AttackModel(grad_keys=grad_keys, act_keys=act_keys, filters=config.filters,
                        gradient_hidden=config.gradient_hidden,
                        component_hidden=config.component_hidden,
                        encoder_hidden=config.encoder_hidden, dropout=config.dropout)
@@ -410,11 +432,15 @@ def _compiled_predict(module: AttackModel):
 def predict(state: NasrState, features: dict[str, np.ndarray], *,
             microbatch_size: int = 1024) -> np.ndarray:
   """Member logits float[N] of the attack model (higher = more likely member)."""
-  _, grad_keys = _check_features(features)
+  _, grad_keys, act_keys = _check_features(features)
   want = tuple(f"grad:{l}" for l in state.layers)
   if grad_keys != want:
     raise MiaInputError(f"features: the attack model reads gradients of {list(state.layers)}, "
                         f"got {[k[5:] for k in grad_keys]}")
+  if act_keys != state.module.act_keys:
+    raise MiaInputError(f"features: the attack model reads activations "
+                        f"{[k[4:] for k in state.module.act_keys]}, got "
+                        f"{[k[4:] for k in act_keys]}")
   feats = _normalize(features, state.scales)
   keys = sorted(feats)
   fn = _compiled_predict(state.module)
@@ -476,7 +502,7 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   eval_x, eval_y = model.check_inputs(eval_x, eval_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
                                   setting="shadow", seed=seed)
-  shapes = feature_shapes(model, layers)
+  shapes = feature_shapes(model, layers, activations=config.activations)
   n_feat = parts.shadow_in.size + parts.shadow_out.size + eval_x.shape[0]
   nbytes = 4 * n_feat * sum(int(np.prod(s)) for s in shapes.values())
   if nbytes > config.max_feature_bytes:
@@ -494,16 +520,19 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   idx = np.concatenate([parts.shadow_in, parts.shadow_out])
   is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
   feats = attack_features(model, shadow, aux_x[idx], aux_y[idx], layers=layers,
-                          microbatch_size=config.microbatch_size)
+                          microbatch_size=config.microbatch_size,
+                          activations=config.activations)
   state, val = fit_attack_model(feats, is_member, config=config, seed=seed, progress=progress,
                                 log=log)
   val_scores = predict(state, _take(feats, val))
   threshold = calibrate_threshold(val_scores, is_member[val], target_precision=target_precision)
   target_feats = attack_features(model, target_variables, eval_x, eval_y, layers=layers,
-                                 microbatch_size=config.microbatch_size)
+                                 microbatch_size=config.microbatch_size,
+                                 activations=config.activations)
   scores = predict(state, target_feats)
   calibration = {"setting": "shadow", "target_precision": float(target_precision),
-                 "layers": list(layers), "attacker_examples": int(idx.size),
+                 "layers": list(layers), "activations": bool(config.activations),
+                 "attacker_examples": int(idx.size),
                  "calibration_examples": int(val.size), "best_epoch": state.best_epoch + 1,
                  "epochs": config.epochs, "val_loss": state.history["val_loss"]}
   return NasrResult(scores, float(threshold), calibration,
