@@ -187,6 +187,23 @@ def _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is
     log(f"{name}: {', '.join(ref_attacks)} with {config.num_reference} reference models")
 
 
+# White-box attacks that need nothing but each checkpoint's weights (no proxies or shadows).
+CHECKPOINT_WHITEBOX = ("gradient-norm",)
+
+
+def _gradient_norms_per_checkpoint(model, stacked, x, y, is_member, metrics, microbatch_size):
+  """The ``gradient-norm`` attack (total and per stage) on every checkpoint, from one
+  compiled pass vmapped over the stack; entries as in the audit's results."""
+  from mia_jax.metrics import summarize
+  from mia_jax.whitebox import gradient_norms
+  norms = gradient_norms(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)
+  for c, m in enumerate(metrics):
+    entry = summarize(-norms["total"][c].astype(np.float64), is_member, REPORT_FPRS)
+    entry["layers"] = {stage: summarize(-n[c].astype(np.float64), is_member, REPORT_FPRS)
+                       for stage, n in norms.items() if stage != "total"}
+    m["attacks"]["gradient-norm"] = entry
+
+
 def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool = False,
               progress=None, log=lambda s: None) -> list[str]:
   """Trains the target of ``config`` (same data split as ``mia-jax audit``) and saves a
@@ -265,10 +282,10 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
     config = config_from_dict(json.load(f))
   from mia_jax.attacks.threshold import THRESHOLD_ATTACKS
   attacks = tuple(attacks)
-  unknown = [a for a in attacks if a not in THRESHOLD_ATTACKS and a not in REFERENCE_ATTACKS]
+  known = sorted(THRESHOLD_ATTACKS) + list(REFERENCE_ATTACKS) + list(CHECKPOINT_WHITEBOX)
+  unknown = [a for a in attacks if a not in known]
   if unknown or not attacks:
-    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of "
-                        f"{sorted(THRESHOLD_ATTACKS) + list(REFERENCE_ATTACKS)}")
+    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {known}")
   setup = prepare(config)
   t0 = time.perf_counter()
   stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
@@ -294,6 +311,9 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   if ref_attacks:
     _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
                                       ref_attacks, ref_dir, metrics, microbatch_size, log)
+  if "gradient-norm" in attacks:
+    _gradient_norms_per_checkpoint(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
+                                   metrics, min(microbatch_size, 256))
   for m in metrics:  # the requested order
     m["attacks"] = {a: m["attacks"][a] for a in attacks}
   log(f"attacked {len(names)} checkpoints in {time.perf_counter() - t1:.1f}s")

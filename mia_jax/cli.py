@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "modified_entropy, correctness) and, for runs trained with "
                       "--with-reference, lira, lira-offline, lira-fixed-variance, rmia, "
                       "rmia-offline (checkpoint c against the reference models of the same "
-                      "epoch)")
+                      "epoch), and the white-box gradient-norm (per stage and total)")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=_cmd_attack)

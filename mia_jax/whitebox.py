@@ -271,7 +271,7 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
 # -- gradient features (Nasr, Shokri & Houmansadr, S&P 2019) ---------------------------------
 
 @functools.lru_cache(maxsize=32)
-def _compiled_grad_norms(model: LayeredModel):
+def _compiled_grad_norms(model: LayeredModel, stacked: bool = False):
   def per_example(variables, x1, y1):
     def loss(params):
       logits = model.apply({**variables, "params": params}, x1[None])
@@ -281,20 +281,28 @@ def _compiled_grad_norms(model: LayeredModel):
              for stage, tree in grads.items()}
     norms["total"] = jnp.sqrt(sum(jnp.square(v) for v in norms.values()))
     return norms
-  return jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))
+  batch = jax.vmap(per_example, in_axes=(None, 0, 0))
+  return jax.jit(jax.vmap(batch, in_axes=(0, None, None)) if stacked else batch)
 
 
 def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
-                   microbatch_size: int = 256) -> dict[str, np.ndarray]:
+                   microbatch_size: int = 256, stacked: bool = False) -> dict[str, np.ndarray]:
   """Per-example L2 norms of the loss gradient with respect to each stage's parameters
   (and ``"total"`` over all of them): the white-box gradient features of Nasr, Shokri &
   Houmansadr (S&P 2019). Members tend to have smaller gradients; the attack score is
   ``-norm`` (higher = member).
 
+  With ``stacked=True`` the variables carry a leading axis M (many targets or
+  checkpoints) and one compiled, vmapped pass computes the norms of all of them
+  (memory: M x microbatch_size per-example gradients).
+
   Returns:
-    {stage: float[N], ..., "total": float[N]} as NumPy arrays.
+    {stage: float[N], ..., "total": float[N]} (float[M, N] when stacked) as NumPy arrays.
   """
+  from mia_jax.signals import check_stacked
   x, y = model.check_inputs(x, y)
-  fn = _compiled_grad_norms(model)
-  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size)
+  check_stacked(variables, stacked)
+  fn = _compiled_grad_norms(model, bool(stacked))
+  out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
+                         out_axis=1 if stacked else 0)
   return {k: np.asarray(v) for k, v in out.items()}

@@ -77,10 +77,24 @@ def test_cli_train_then_attack(tmp_path):
   assert cli.main(["train", "--out", str(run), "--epochs", "4", "--save-every", "2", "--quiet",
                    "-M", "widths=[32]", "--target-size", "100"]) == 0
   assert sorted(os.listdir(run / "checkpoints")) == ["epoch-000002", "epoch-000004"]
-  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks", "loss,entropy"]) == 0
+  assert cli.main(["attack", "--run", str(run), "--quiet", "--attacks",
+                   "loss,entropy,gradient-norm"]) == 0
   res = json.loads((run / "checkpoint_results.json").read_text())
   assert [c["name"] for c in res["checkpoints"]] == ["epoch-000002", "epoch-000004"]
-  assert set(res["checkpoints"][0]["attacks"]) == {"loss", "entropy"}
+  assert list(res["checkpoints"][0]["attacks"]) == ["loss", "entropy", "gradient-norm"]
+  # The white-box gradient norms per checkpoint equal those of each checkpoint alone.
+  from mia_jax.audit import prepare
+  from mia_jax.whitebox import gradient_norms
+  setup = prepare(ck.config_from_dict(json.loads((run / "config.json").read_text())))
+  ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+  member = np.arange(ev.size) < setup.split.target_in.size
+  stacked, _ = ck.load_checkpoint_stack(run / "checkpoints", setup.model)
+  for c, entry in enumerate(res["checkpoints"]):
+    one = jax.tree.map(lambda a, c=c: a[c], stacked)
+    norms = gradient_norms(setup.model, one, setup.x[ev], setup.y[ev])
+    want = summarize(-norms["total"].astype(np.float64), member, ck.REPORT_FPRS)
+    assert entry["attacks"]["gradient-norm"]["auc"] == pytest.approx(want["auc"], abs=1e-6)
+    assert set(entry["attacks"]["gradient-norm"]["layers"]) == {"dense_0", "logits"}
   assert (run / "checkpoints.png").stat().st_size > 1000
   # Training accuracy rises between the checkpoints of this run.
   assert res["checkpoints"][1]["train_accuracy"] >= res["checkpoints"][0]["train_accuracy"]

@@ -165,3 +165,22 @@ def test_gradient_norms_match_naive_loop():
     for s, n in per_stage.items():
       assert got[s][i] == pytest.approx(n, rel=1e-4)
     assert got["total"][i] == pytest.approx(np.sqrt(sum(n ** 2 for n in per_stage.values())), rel=1e-4)
+
+
+def test_stacked_gradient_norms_equal_the_loop_over_models():
+  model = make_model("mlp", input_shape=(6,), num_classes=3, widths=(5,))
+  vs = [model.init(jax.random.key(i)) for i in range(3)]
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(11, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 11)
+  got = whitebox.gradient_norms(model, stack_variables(vs), x, y, microbatch_size=4,
+                                stacked=True)
+  assert got["total"].shape == (3, 11)
+  for m, v in enumerate(vs):
+    want = whitebox.gradient_norms(model, v, x, y, microbatch_size=5)
+    for k in want:
+      np.testing.assert_allclose(got[k][m], want[k], rtol=1e-5, err_msg=k)
+  with pytest.raises(MiaInputError, match="leading"):
+    bad = stack_variables(vs)
+    bad["params"]["logits"]["Dense_0"]["bias"] = bad["params"]["logits"]["Dense_0"]["bias"][:2]
+    whitebox.gradient_norms(model, bad, x, y, stacked=True)
