@@ -286,7 +286,8 @@ def _compiled_grad_norms(model: LayeredModel, stacked: bool = False):
 
 
 def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
-                   microbatch_size: int = 256, stacked: bool = False) -> dict[str, np.ndarray]:
+                   microbatch_size: int = 256, stacked: bool = False,
+                   max_gradient_bytes: int = 1 << 30) -> dict[str, np.ndarray]:
   """Per-example L2 norms of the loss gradient with respect to each stage's parameters
   (and ``"total"`` over all of them): the white-box gradient features of Nasr, Shokri &
   Houmansadr (S&P 2019). Members tend to have smaller gradients; the attack score is
@@ -296,12 +297,18 @@ def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
   checkpoints) and one compiled, vmapped pass computes the norms of all of them
   (memory: M x microbatch_size per-example gradients).
 
+  Memory: the per-example gradients of a chunk (models x examples x parameters, float32)
+  are kept under ``max_gradient_bytes`` by shrinking the microbatch (down to one example).
+
   Returns:
     {stage: float[N], ..., "total": float[N]} (float[M, N] when stacked) as NumPy arrays.
   """
   from mia_jax.signals import check_stacked
   x, y = model.check_inputs(x, y)
-  check_stacked(variables, stacked)
+  m = check_stacked(variables, stacked) or 1
+  n_params = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(variables["params"])) // m
+  per_example = 4 * m * max(n_params, 1)
+  microbatch_size = max(1, min(int(microbatch_size), int(max_gradient_bytes) // per_example))
   fn = _compiled_grad_norms(model, bool(stacked))
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
                          out_axis=1 if stacked else 0)

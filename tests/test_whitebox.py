@@ -184,3 +184,23 @@ def test_stacked_gradient_norms_equal_the_loop_over_models():
     bad = stack_variables(vs)
     bad["params"]["logits"]["Dense_0"]["bias"] = bad["params"]["logits"]["Dense_0"]["bias"][:2]
     whitebox.gradient_norms(model, bad, x, y, stacked=True)
+
+
+def test_gradient_norms_microbatch_shrinks_to_the_memory_bound(monkeypatch):
+  import mia_jax.whitebox as wb
+  model = make_model("mlp", input_shape=(6,), num_classes=3, widths=(5,))
+  vs = stack_variables([model.init(jax.random.key(i)) for i in range(4)])
+  n_params = sum(int(np.prod(a.shape[1:])) for a in jax.tree.leaves(vs["params"]))  # 53
+  seen = []
+  real = wb.run_microbatched
+  monkeypatch.setattr(wb, "run_microbatched",
+                      lambda fn, arrays, mb, **kw: seen.append(mb) or real(fn, arrays, mb, **kw))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(9, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 9)
+  full = wb.gradient_norms(model, vs, x, y, microbatch_size=8, stacked=True)
+  small = wb.gradient_norms(model, vs, x, y, microbatch_size=8, stacked=True,
+                            max_gradient_bytes=3 * 4 * 4 * n_params)  # room for 3 examples
+  assert seen == [8, 3]
+  for k in full:
+    np.testing.assert_allclose(small[k], full[k], rtol=1e-6)
