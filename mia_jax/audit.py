@@ -284,6 +284,18 @@ def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
   return keep
 
 
+def _calibrated(scores, is_member, threshold: float, calibration: dict) -> dict:
+  """A threshold chosen on attacker-side data, applied to the evaluation examples:
+  achieved precision, recall, FPR and the precision at other member priors."""
+  from mia_jax.metrics import precision_recall_at, prior_precision
+  precision, recall = precision_recall_at(scores, is_member, threshold)
+  fpr = float(np.mean(scores[~is_member] >= threshold))
+  return {**calibration, "threshold": threshold, "precision": float(precision),
+          "recall": float(recall), "fpr": fpr,
+          "prior_precision": {str(p): float(prior_precision(recall, fpr, p))
+                              for p in (0.5, 0.1, 0.01)}}
+
+
 def _whitebox_shadow_trainer(path, model, tcfg, train_one, progress, log, checkpoint_dir):
   """``(x, y, indices, seed) -> variables`` for the white-box shadow target: trained once
   per (indices, seed) in this run, saved at ``path`` and reloaded when a run is resumed
@@ -500,7 +512,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
 
   from mia_jax.attacks import stolen_memories as sm
   from mia_jax.attacks.threshold import threshold_scores
-  from mia_jax.metrics import precision_recall_at, prior_precision, summarize
+  from mia_jax.metrics import summarize
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import load_variables, save_variables, train_model
 
@@ -730,14 +742,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     wb = stages.run("stolen_memories", whitebox)
     scores["stolen-memories"] = wb.meta_scores
     entry = summarize(wb.meta_scores, is_member, REPORT_FPRS)
-    precision, recall = precision_recall_at(wb.meta_scores, is_member, wb.threshold)
-    tpr = recall
-    fpr = float(np.mean(wb.meta_scores[~is_member] >= wb.threshold))
-    entry["calibrated"] = {
-        **wb.calibration, "threshold": wb.threshold, "precision": float(precision),
-        "recall": float(recall), "fpr": fpr,
-        "prior_precision": {str(p): float(prior_precision(tpr, fpr, p)) for p in (0.5, 0.1, 0.01)},
-    }
+    entry["calibrated"] = _calibrated(wb.meta_scores, is_member, wb.threshold, wb.calibration)
     entry["layers"] = {}
     for layer, s in wb.layer_scores.items():
       scores[f"stolen-memories/{layer}"] = s
@@ -755,14 +760,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
         train_shadow=whitebox_shadow, log=log))
     scores["nasr"] = res.scores
     entry = summarize(res.scores, is_member, REPORT_FPRS)
-    precision, recall = precision_recall_at(res.scores, is_member, res.threshold)
-    fpr = float(np.mean(res.scores[~is_member] >= res.threshold))
-    entry["calibrated"] = {
-        **res.calibration, "threshold": res.threshold, "precision": float(precision),
-        "recall": float(recall), "fpr": fpr,
-        "prior_precision": {str(p): float(prior_precision(recall, fpr, p))
-                            for p in (0.5, 0.1, 0.01)},
-    }
+    entry["calibrated"] = _calibrated(res.scores, is_member, res.threshold, res.calibration)
     attacks_out["nasr"] = entry
 
   write_npz_atomic(os.path.join(out_dir, "scores.npz"), is_member=is_member,

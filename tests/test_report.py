@@ -37,29 +37,24 @@ def _make_run(path, *, attacks=("loss", "lira", "stolen-memories"), dp=False, n=
   attacks_out = {}
   for a in attacks:
     attacks_out[a] = summarize(scores[a], is_member, FPRS)
+
+  def calibrated(s, quantile, **extra):
+    thr = float(np.quantile(s, quantile))
+    pred = s >= thr
+    return {"setting": "shadow", "target_precision": 0.9, "threshold": thr,
+            "precision": float((pred & is_member).sum() / pred.sum()),
+            "recall": float((pred & is_member).sum() / is_member.sum()),
+            "fpr": float((pred & ~is_member).sum() / (~is_member).sum()), **extra}
+
   if "nasr" in attacks:
-    s = scores["nasr"]
-    thr = float(np.quantile(s, 0.8))
-    pred = s >= thr
-    attacks_out["nasr"]["calibrated"] = {
-        "setting": "shadow", "target_precision": 0.9, "threshold": thr,
-        "precision": float((pred & is_member).sum() / pred.sum()),
-        "recall": float((pred & is_member).sum() / is_member.sum()),
-        "fpr": float((pred & ~is_member).sum() / (~is_member).sum()),
-        "prior_precision": {"0.5": 0.7}, "layers": ["logits"], "best_epoch": 7,
-        "calibration_examples": 40}
+    attacks_out["nasr"]["calibrated"] = calibrated(
+        scores["nasr"], 0.8, prior_precision={"0.5": 0.7}, layers=["logits"], best_epoch=7,
+        calibration_examples=40)
   if "stolen-memories" in attacks:
-    s = scores["stolen-memories"]
-    thr = float(np.quantile(s, 0.9))
-    pred = s >= thr
-    attacks_out["stolen-memories"]["calibrated"] = {
-        "setting": "shadow", "target_precision": 0.9, "threshold": thr,
-        "precision": float((pred & is_member).sum() / pred.sum()),
-        "recall": float((pred & is_member).sum() / is_member.sum()),
-        "fpr": float((pred & ~is_member).sum() / (~is_member).sum()),
-        "prior_precision": {"0.5": 0.8, "0.1": 0.3, "0.01": 0.04}, "num_proxies": 1,
-        "proxy_size": 50, "layers": ["input", "dense_0", "dense_1"], "meta_kind": "logistic",
-        "use_loss": True}
+    attacks_out["stolen-memories"]["calibrated"] = calibrated(
+        scores["stolen-memories"], 0.9,
+        prior_precision={"0.5": 0.8, "0.1": 0.3, "0.01": 0.04}, num_proxies=1, proxy_size=50,
+        layers=["input", "dense_0", "dense_1"], meta_kind="logistic", use_loss=True)
     attacks_out["stolen-memories"]["layers"] = {
         layer: summarize(scores[f"stolen-memories/{layer}"], is_member, FPRS)
         for layer in ("input", "dense_0", "dense_1")}
