@@ -107,11 +107,12 @@ def top_k_precision(scores_npz: str) -> dict:
     for key in f.files:
       if key.startswith("score:"):
         score = f[key]
+        ranked = np.sort(score)[::-1]
         res = {}
         for k in TOP_K:
           # Ties at the k-th score are broken at random (in expectation): examples above it
           # count fully, the tied ones by the members' share among them.
-          t = np.sort(score)[::-1][k - 1]
+          t = ranked[k - 1]
           above, tied = score > t, score == t
           res[k] = float((member[above].sum() + (k - above.sum()) * member[tied].mean()) / k)
         out[key[len("score:"):]] = res

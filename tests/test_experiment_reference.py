@@ -4,25 +4,15 @@ models), its table and log-log ROC plot, and the reuse of finished runs."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_module():
-  path = os.path.join(ROOT, "experiments", "reference_models.py")
-  spec = importlib.util.spec_from_file_location("experiment_reference_models", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+from _experiments import load_experiment
 
 
-rm = _load_module()
+rm = load_experiment("reference_models")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,20 +18,15 @@ import re
 
 import numpy as np
 import pytest
+from _experiments import load_experiment
 
 from mia_jax.audit import AuditConfig, write_json_atomic, write_npz_atomic
 from mia_jax.metrics import summarize
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "shokri.py")
-
 
 @pytest.fixture(scope="module")
 def shokri():
-  spec = importlib.util.spec_from_file_location("experiments_shokri", SCRIPT)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_experiment("shokri")
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -4,24 +4,14 @@ end (table with the white-box attacks' calibrated columns, finished runs reused)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_module():
-  path = os.path.join(ROOT, "experiments", "stolen_memories.py")
-  spec = importlib.util.spec_from_file_location("experiment_stolen_memories", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+from _experiments import load_experiment
 
 
-sm = _load_module()
+sm = load_experiment("stolen_memories")
 
 
 def test_top_k_precision_equals_random_tie_breaking_on_average(tmp_path):

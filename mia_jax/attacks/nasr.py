@@ -291,11 +291,13 @@ def _normalize(feats: dict[str, np.ndarray], scales: dict) -> dict[str, np.ndarr
   return out
 
 
-def _fit_scales(feats: dict[str, np.ndarray]) -> dict:
-  scales = {"loss": (float(feats["loss"].mean()), float(feats["loss"].std() or 1.0))}
+def _fit_scales(feats: dict[str, np.ndarray], idx: np.ndarray) -> dict:
+  """Normalization statistics of the rows ``idx`` (one array copied at a time)."""
+  loss = feats["loss"][idx]
+  scales = {"loss": (float(loss.mean()), float(loss.std() or 1.0))}
   for k, v in feats.items():
     if k.startswith(("grad:", "act:")):
-      rms = float(np.sqrt(np.mean(np.square(v, dtype=np.float64))))
+      rms = float(np.sqrt(np.mean(np.square(v[idx], dtype=np.float64))))
       scales[k] = rms if rms > 0 else 1.0
   return scales
 
@@ -351,13 +353,15 @@ def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
     val.append(idx[:max(1, int(round(config.validation_fraction * idx.size)))])
   val = np.sort(np.concatenate(val))
   train = np.setdiff1d(np.arange(n), val)
-  scales = _fit_scales(_take(features, train))
-  feats = _normalize(features, scales)
-  y = labels.astype(np.float32)
+  scales = _fit_scales(features, train)
+  # On the device once (bounded by max_feature_bytes), normalized there; every step gathers
+  # its batch by index inside the compiled step, so nothing is copied per step.
+  feats = _normalize({k: jnp.asarray(v) for k, v in features.items()}, scales)
+  y = jnp.asarray(labels, jnp.float32)
   # Members and non-members weigh half each in the training loss (balanced).
   n_pos = float(labels[train].sum())
   weight = np.where(labels, 0.5 / max(n_pos, 1.0), 0.5 / max(train.size - n_pos, 1.0))
-  weight = (weight * train.size).astype(np.float32)
+  weight = jnp.asarray((weight * train.size).astype(np.float32))
 
   module = AttackModel(grad_keys=grad_keys, act_keys=act_keys, filters=config.filters,
                        gradient_hidden=config.gradient_hidden,
@@ -372,20 +376,19 @@ def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
 
   bs = min(config.batch_size, train.size)
   steps = max(1, train.size // bs)
-  val_feats = {k: jnp.asarray(v) for k, v in _take(feats, val).items()}
-  val_y = jnp.asarray(y[val])
+  val_idx = jnp.asarray(val)
   best = (np.inf, params, -1)
   history = {"train_loss": [], "val_loss": []}
   task = progress.add_task("nasr attack model", total=config.epochs) if progress else None
   for epoch in range(config.epochs):
     order = rng.permutation(train)
     losses = []
-    for s in range(steps):  # host gather: the features are never compile-time constants
+    for s in range(steps):  # the features are arguments, never compile-time constants
       key, dkey = jax.random.split(key)
-      b = order[s * bs:(s + 1) * bs]
-      params, opt, value = step(params, opt, _take(feats, b), y[b], weight[b], dkey)
+      b = jnp.asarray(order[s * bs:(s + 1) * bs])
+      params, opt, value = step(params, opt, feats, y, weight, b, dkey)
       losses.append(value)
-    vl = float(eval_loss(params, val_feats, val_y))
+    vl = float(eval_loss(params, feats, y, val_idx))
     history["train_loss"].append(float(np.mean(jax.device_get(losses))))
     history["val_loss"].append(vl)
     if vl < best[0]:
@@ -406,17 +409,21 @@ def _compiled_training(module: AttackModel, learning_rate: float):
   tx = optax.adam(learning_rate)
 
   @jax.jit
-  def step(params, opt, feats, y, w, dkey):
+  def step(params, opt, feats, y, w, idx, dkey):
+    batch, y, w = _take(feats, idx), y[idx], w[idx]
+
     def loss_fn(p):
-      logits = module.apply({"params": p}, feats, train=True, rngs={"dropout": dkey})
+      logits = module.apply({"params": p}, batch, train=True, rngs={"dropout": dkey})
       return jnp.mean(w * optax.sigmoid_binary_cross_entropy(logits, y))
     value, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, value
 
   @jax.jit
-  def eval_loss(params, feats, y):  # balanced mean BCE
-    bce = optax.sigmoid_binary_cross_entropy(module.apply({"params": params}, feats), y)
+  def eval_loss(params, feats, y, idx):  # balanced mean BCE on the rows idx
+    y = y[idx]
+    logits = module.apply({"params": params}, _take(feats, idx))
+    bce = optax.sigmoid_binary_cross_entropy(logits, y)
     pos = jnp.sum(y)
     return 0.5 * (jnp.sum(y * bce) / jnp.maximum(pos, 1.0)
                   + jnp.sum((1 - y) * bce) / jnp.maximum(y.size - pos, 1.0))
@@ -426,7 +433,8 @@ def _compiled_training(module: AttackModel, learning_rate: float):
 
 @functools.lru_cache(maxsize=32)
 def _compiled_predict(module: AttackModel):
-  return jax.jit(lambda params, feats: module.apply({"params": params}, feats))
+  return jax.jit(lambda params, scales, feats: module.apply({"params": params},
+                                                            _normalize(feats, scales)))
 
 
 def predict(state: NasrState, features: dict[str, np.ndarray], *,
@@ -441,11 +449,10 @@ def predict(state: NasrState, features: dict[str, np.ndarray], *,
     raise MiaInputError(f"features: the attack model reads activations "
                         f"{[k[4:] for k in state.module.act_keys]}, got "
                         f"{[k[4:] for k in act_keys]}")
-  feats = _normalize(features, state.scales)
-  keys = sorted(feats)
+  keys = sorted(features)
   fn = _compiled_predict(state.module)
-  out = run_microbatched(lambda *arrs: fn(state.params, dict(zip(keys, arrs))),
-                         [feats[k] for k in keys], microbatch_size)
+  out = run_microbatched(lambda *arrs: fn(state.params, state.scales, dict(zip(keys, arrs))),
+                         [features[k] for k in keys], microbatch_size)
   return np.asarray(out, np.float64)
 
 
