@@ -118,9 +118,11 @@ def test_default_float32_matches_reference(fix_variance):
 def test_two_dim_inputs_mean_one_augmentation():
   target, ref, keep = random_data(4, a=1)
   want = lira.lira_online(target, ref, keep)
-  np.testing.assert_allclose(lira.lira_online(target[:, 0], ref[:, :, 0], keep), want, rtol=1e-6)
+  # [N] vs [N, 1]: the same float32 arithmetic on other shapes (another vectorization)
+  close = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lira.lira_online(target[:, 0], ref[:, :, 0], keep), want, **close)
   np.testing.assert_allclose(lira.lira_offline(target[:, 0], ref[:, :, 0], keep),
-                             lira.lira_offline(target, ref, keep), rtol=1e-6)
+                             lira.lira_offline(target, ref, keep), **close)
 
 
 def test_fit_score_split_equals_one_call():

@@ -34,7 +34,11 @@ from mia_jax._validation import MiaInputError
 from mia_jax.sharding import gather, model_mesh, replicate, shard_stacked
 
 NUM_DEVICES = 4
-CLOSE = dict(rtol=1e-5, atol=1e-6)
+CLOSE = dict(rtol=1e-5, atol=1e-6)  # one float32 pass on other devices: a reordered sum
+# Models trained on 4 devices vs 1: each device vmaps over M/4 models instead of M, another
+# vectorization of the same float32 steps, and rounding differences grow through the
+# optimizer's steps (Adam divides by sqrt(v)); tests/test_train.py's stacked-vs-loop bound.
+TRAINED = dict(rtol=2e-4, atol=2e-5)
 
 
 # -- 4 devices, in a subprocess ------------------------------------------------------------
@@ -48,11 +52,11 @@ def test_sharded_training_and_signals_equal_single_device_on_4_cpu_devices():
   assert out.stdout.strip().splitlines()[-1] == "OK", out.stdout[-3000:]
 
 
-def _assert_trees_close(a, b):
+def _assert_trees_close(a, b):  # trained variables
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for (path, la), lb in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(la), np.asarray(lb), err_msg=jax.tree_util.keystr(path),
-                               **CLOSE)
+                               **TRAINED)
 
 
 def _assert_sharded(tree, mesh):
@@ -107,7 +111,7 @@ def _child() -> None:
     assert log.count("Compiling jit(step)") == 1, log
     _assert_sharded(sharded.variables, mesh)
     _assert_trees_close(sharded.variables, plain.variables)
-    np.testing.assert_allclose(sharded.losses, plain.losses, **CLOSE)
+    np.testing.assert_allclose(sharded.losses, plain.losses, **TRAINED)
     assert sharded.losses.shape == (m, config.epochs)
 
     # black-box signals, 3 chunks (the last padded): sharded == unsharded
@@ -120,7 +124,7 @@ def _child() -> None:
     assert set(got) == set(want)
     for k in want:
       assert isinstance(got[k], np.ndarray) and got[k].shape == want[k].shape, k
-      np.testing.assert_allclose(got[k], want[k], err_msg=k, **CLOSE)
+      np.testing.assert_allclose(got[k], want[k], err_msg=k, **TRAINED)
     # unsharded variables are placed by blackbox_signals itself
     again = blackbox_signals(model, plain.variables, x, y, stacked=True, microbatch_size=10,
                              mesh=mesh)
@@ -168,7 +172,7 @@ def _child() -> None:
   assert compiles.getvalue().count("Compiling jit(epoch)") == 1, compiles.getvalue()
   _assert_sharded(scanned.variables, mesh)
   _assert_trees_close(scanned.variables, plain.variables)
-  np.testing.assert_allclose(scanned.losses, plain.losses, **CLOSE)
+  np.testing.assert_allclose(scanned.losses, plain.losses, **TRAINED)
   print("OK")
 
 
@@ -222,12 +226,12 @@ def _multi_process_child(process_id: int, num_processes: int, coordinator: str) 
   leaf = jax.tree.leaves(sharded.variables)[0]
   assert not leaf.is_fully_addressable and len(leaf.addressable_shards) == 2
   _assert_trees_close(gather(sharded.variables), plain.variables)
-  np.testing.assert_allclose(sharded.losses, plain.losses, **CLOSE)
+  np.testing.assert_allclose(sharded.losses, plain.losses, **TRAINED)
   want = blackbox_signals(model, plain.variables, x, y, stacked=True, microbatch_size=10)
   got = blackbox_signals(model, sharded.variables, x, y, stacked=True, microbatch_size=10,
                          mesh=mesh)
   for k in want:
-    np.testing.assert_allclose(got[k], want[k], err_msg=k, **CLOSE)
+    np.testing.assert_allclose(got[k], want[k], err_msg=k, **TRAINED)
   with pytest.raises(MiaInputError, match="checkpoint_dir"):
     train_models(model, x, y, keep, config=config, mesh=mesh, checkpoint_dir="unused")
   print("OK", flush=True)

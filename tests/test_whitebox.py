@@ -10,6 +10,8 @@ from mia_jax import whitebox
 from mia_jax._validation import MiaInputError
 from mia_jax.models import make_model, stack_variables
 
+from _float32 import reduction_rtol
+
 
 @functools.partial(jax.jit, static_argnames=("model", "layer", "centered"))
 def _naive_row_at(model, variables, h, y1, layer, t, centered):
@@ -178,8 +180,9 @@ def test_stacked_gradient_norms_equal_the_loop_over_models():
   assert got["total"].shape == (3, 11)
   for m, v in enumerate(vs):
     want = whitebox.gradient_norms(model, v, x, y, microbatch_size=5)
-    for k in want:
-      np.testing.assert_allclose(got[k][m], want[k], rtol=1e-5, err_msg=k)
+    n_params = sum(a.size for a in jax.tree.leaves(v["params"]))
+    for k in want:  # vmapped over models and chunked differently: a reordered float32 sum
+      np.testing.assert_allclose(got[k][m], want[k], rtol=reduction_rtol(n_params), err_msg=k)
   with pytest.raises(MiaInputError, match="leading"):
     bad = stack_variables(vs)
     bad["params"]["logits"]["Dense_0"]["bias"] = bad["params"]["logits"]["Dense_0"]["bias"][:2]
@@ -202,5 +205,8 @@ def test_gradient_norms_microbatch_shrinks_to_the_memory_bound(monkeypatch):
   small = wb.gradient_norms(model, vs, x, y, microbatch_size=8, stacked=True,
                             max_gradient_bytes=3 * 4 * 4 * n_params)  # room for 3 examples
   assert seen == [8, 3]
+  # Another microbatch size is another vectorization of the same float32 arithmetic: the
+  # per-example gradients agree to a few ulps and the norm sums n_params squares of them,
+  # so the two orders differ by at most reduction_rtol(n_params) (not 1e-6: 1.2e-6 seen).
   for k in full:
-    np.testing.assert_allclose(small[k], full[k], rtol=1e-6)
+    np.testing.assert_allclose(small[k], full[k], rtol=reduction_rtol(n_params))
