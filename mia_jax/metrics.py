@@ -2,7 +2,7 @@
 
 Conventions used by every function in this module:
 
-* ``scores``: float[N], one attack score per example. **A HIGHER score means the
+* ``scores``: float[N] (or int[N]), one attack score per example. **A HIGHER score means the
   example is MORE likely a member** (of the target model's training set). Attacks
   whose natural statistic points the other way (e.g. a loss) must negate it before
   calling these functions.
@@ -16,6 +16,10 @@ Conventions used by every function in this module:
 * The precision of an empty set of predicted members is defined as ``1.0`` (as in
   ``sklearn.metrics.precision_recall_curve``'s end point): an attacker that
   predicts nothing makes no false claims.
+
+* Scores are ranked exactly in their own dtype: integer scores are never converted to
+  float64 before ranking (int64 values above 2**53 would tie), so distinct integers
+  always count as distinct thresholds. Returned thresholds are float64.
 
 All inputs are validated before any compute; bad input raises
 :class:`mia_jax._validation.MiaInputError` whose message names the argument.
@@ -63,11 +67,30 @@ DEFAULT_FPRS: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001, 0.0)
 # ---------------------------------------------------------------------------
 
 
-def _prepare(scores: ArrayLike, is_member: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-  """Validates and converts ``(scores, is_member)`` to float64[N], bool[N]."""
-  s = check_scores(scores, "scores")
-  m = check_membership(is_member, n=s.shape[0], name="is_member")
-  return s, m
+def _rank_keys(raw: np.ndarray) -> np.ndarray:
+  """float64[N] keys that order exactly as the validated scores ``raw`` do.
+
+  float16/32/64 scores are their own keys (float64 holds them exactly). Other dtypes
+  (integers, whose float64 values can tie: float(2**62 + 1) == float(2**62); long
+  doubles) are ranked in their own dtype: the keys are their dense ranks.
+  """
+  if raw.dtype in (np.float64, np.float32, np.float16):
+    return raw.astype(np.float64)
+  _, inverse = np.unique(raw, return_inverse=True)
+  return inverse.reshape(-1).astype(np.float64)
+
+
+def _prepare(scores: ArrayLike, is_member: ArrayLike
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Validates ``(scores, is_member)``.
+
+  Returns:
+    (keys float64[N] ranking exactly as the scores, is_member bool[N], the validated
+    scores in their own dtype, for thresholds).
+  """
+  raw = check_scores(scores, "scores")
+  m = check_membership(is_member, n=raw.shape[0], name="is_member")
+  return _rank_keys(raw), m, raw
 
 
 def _check_threshold(threshold: Any, name: str = "threshold") -> float:
@@ -99,8 +122,10 @@ def _check_fprs(fpr: Any, name: str = "fpr") -> tuple[np.ndarray, bool]:
   return flat, scalar
 
 
-def _roc_counts(s: np.ndarray, m: np.ndarray):
+def _roc_counts(s: np.ndarray, m: np.ndarray, raw: np.ndarray | None = None):
   """Cumulative counts at every distinct threshold, decreasing.
+
+  ``s`` are the rank keys; ``raw`` (default ``s``) the scores the thresholds are read from.
 
   Returns:
     thresholds: float64[T+1], ``+inf`` then the distinct scores in decreasing order.
@@ -116,7 +141,7 @@ def _roc_counts(s: np.ndarray, m: np.ndarray):
   cum_tp = np.cumsum(m_sorted, dtype=np.int64)
   tps = cum_tp[last]
   fps = (last + 1) - tps
-  thresholds = np.r_[np.inf, s_sorted[last]]
+  thresholds = np.r_[np.inf, np.asarray((s if raw is None else raw)[order][last], np.float64)]
   tps = np.r_[0, tps].astype(np.float64)
   fps = np.r_[0, fps].astype(np.float64)
   n_pos = float(cum_tp[-1])
@@ -124,8 +149,9 @@ def _roc_counts(s: np.ndarray, m: np.ndarray):
   return thresholds, tps, fps, n_pos, n_neg
 
 
-def _roc(s: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  thresholds, tps, fps, n_pos, n_neg = _roc_counts(s, m)
+def _roc(s: np.ndarray, m: np.ndarray, raw: np.ndarray | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  thresholds, tps, fps, n_pos, n_neg = _roc_counts(s, m, raw)
   return fps / n_neg, tps / n_pos, thresholds
 
 
@@ -158,11 +184,12 @@ def _advantage(s: np.ndarray, m: np.ndarray) -> float:
   return float(np.max(tpr - fpr))
 
 
-def _balanced_accuracy(s: np.ndarray, m: np.ndarray, threshold: float | None) -> float:
+def _balanced_accuracy(s: np.ndarray, m: np.ndarray, threshold: float | None,
+                       raw: np.ndarray) -> float:
   if threshold is None:
     fpr, tpr, _ = _roc(s, m)
     return float(np.max(0.5 * (tpr + (1.0 - fpr))))
-  pred = s >= threshold
+  pred = raw >= threshold
   tpr = np.mean(pred[m])
   tnr = np.mean(~pred[~m])
   return float(0.5 * (tpr + tnr))
@@ -195,8 +222,8 @@ def roc_curve(scores: ArrayLike, is_member: ArrayLike
   Raises:
     MiaInputError: on invalid inputs.
   """
-  s, m = _prepare(scores, is_member)
-  return _roc(s, m)
+  s, m, raw = _prepare(scores, is_member)
+  return _roc(s, m, raw)
 
 
 def roc_auc(scores: ArrayLike, is_member: ArrayLike) -> float:
@@ -215,7 +242,7 @@ def roc_auc(scores: ArrayLike, is_member: ArrayLike) -> float:
   Raises:
     MiaInputError: on invalid inputs.
   """
-  s, m = _prepare(scores, is_member)
+  s, m, _ = _prepare(scores, is_member)
   return _auc(s, m)
 
 
@@ -239,7 +266,7 @@ def tpr_at_fpr(scores: ArrayLike, is_member: ArrayLike,
   Raises:
     MiaInputError: on invalid inputs, including ``fpr`` outside [0, 1].
   """
-  s, m = _prepare(scores, is_member)
+  s, m, _ = _prepare(scores, is_member)
   fprs, scalar = _check_fprs(fpr, "fpr")
   out = _tpr_at_fpr(s, m, fprs)
   return float(out[0]) if scalar else out
@@ -261,7 +288,7 @@ def advantage(scores: ArrayLike, is_member: ArrayLike) -> float:
   Raises:
     MiaInputError: on invalid inputs.
   """
-  s, m = _prepare(scores, is_member)
+  s, m, _ = _prepare(scores, is_member)
   return _advantage(s, m)
 
 
@@ -282,9 +309,9 @@ def balanced_accuracy(scores: ArrayLike, is_member: ArrayLike,
   Raises:
     MiaInputError: on invalid inputs (``threshold`` must be a non-NaN number).
   """
-  s, m = _prepare(scores, is_member)
+  s, m, raw = _prepare(scores, is_member)
   t = None if threshold is None else _check_threshold(threshold, "threshold")
-  return _balanced_accuracy(s, m, t)
+  return _balanced_accuracy(s, m, t, raw)
 
 
 def precision_recall_at(scores: ArrayLike, is_member: ArrayLike,
@@ -304,9 +331,9 @@ def precision_recall_at(scores: ArrayLike, is_member: ArrayLike,
   Raises:
     MiaInputError: on invalid inputs (``threshold`` must be a non-NaN number).
   """
-  s, m = _prepare(scores, is_member)
+  _, m, raw = _prepare(scores, is_member)
   t = _check_threshold(threshold, "threshold")
-  pred = s >= t
+  pred = raw >= t
   tp = float(np.sum(pred & m))
   fp = float(np.sum(pred & ~m))
   precision = float(_precision(np.array([tp]), np.array([fp]))[0])
@@ -335,8 +362,8 @@ def precision_recall_curve(scores: ArrayLike, is_member: ArrayLike
   Raises:
     MiaInputError: on invalid inputs.
   """
-  s, m = _prepare(scores, is_member)
-  thresholds, tps, fps, n_pos, _ = _roc_counts(s, m)
+  s, m, raw = _prepare(scores, is_member)
+  thresholds, tps, fps, n_pos, _ = _roc_counts(s, m, raw)
   return _precision(tps, fps), tps / n_pos, thresholds
 
 
@@ -397,12 +424,12 @@ def calibrate_threshold(scores: ArrayLike, is_member: ArrayLike, *,
   Raises:
     MiaInputError: on invalid inputs, or unless exactly one target is given.
   """
-  s, m = _prepare(scores, is_member)
+  s, m, raw = _prepare(scores, is_member)
   if (target_precision is None) == (target_fpr is None):
     raise MiaInputError(
         "target_precision/target_fpr: expected exactly one of them, got "
         f"target_precision={target_precision!r}, target_fpr={target_fpr!r}")
-  thresholds, tps, fps, n_pos, n_neg = _roc_counts(s, m)
+  thresholds, tps, fps, n_pos, n_neg = _roc_counts(s, m, raw)
   if target_fpr is not None:
     target = check_in_range(target_fpr, "target_fpr", 0.0, 1.0)
     idx = int(np.searchsorted(fps / n_neg, target, side="right")) - 1
@@ -445,7 +472,7 @@ def bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], Any],
   """
   if not callable(metric_fn):
     raise MiaInputError(f"metric_fn: expected a callable, got {metric_fn!r}")
-  s, m = _prepare(scores, is_member)
+  _, m, s = _prepare(scores, is_member)  # metric_fn gets the scores in their own dtype
   num_resamples = check_positive_int(num_resamples, "num_resamples")
   confidence = check_in_range(confidence, "confidence", 0.0, 1.0,
                               low_open=True, high_open=True)
@@ -487,7 +514,7 @@ def summarize(scores: ArrayLike, is_member: ArrayLike,
   Raises:
     MiaInputError: on invalid inputs.
   """
-  s, m = _prepare(scores, is_member)
+  s, m, _ = _prepare(scores, is_member)
   fpr_arr, _ = _check_fprs(fprs, "fprs")
   fpr, tpr, _ = _roc(s, m)
   adv = float(np.max(tpr - fpr))

@@ -1,25 +1,39 @@
 """Black-box signals: what a model's outputs reveal about each example.
 
 All functions are per example on the last axis and broadcast over leading axes
-(models, examples). :func:`blackbox_signals` computes every signal for one model or a
-stack of M models in one compiled, microbatched pass.
+(models, examples). Called eagerly (not under ``jax.jit``), the functions taking labels
+check them on the host first: integers in ``[0, K)``, K the size of the last axis (an
+out-of-range label would otherwise give NaN, or wrap around for -1); under a transform the
+labels are abstract and the caller validates them (:func:`blackbox_signals` does).
+:func:`blackbox_signals` computes every signal for one model or a stack of M models in one
+compiled, microbatched pass.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mia_jax._batching import run_microbatched
-from mia_jax._validation import MiaInputError
+from mia_jax._validation import MiaInputError, check_labels
 from mia_jax.models.base import LayeredModel, Variables, num_stacked
 from mia_jax.sharding import (check_mesh, gather, replicated_sharding, shard_stacked,
                               stacked_sharding)
 
 SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correct")
+
+
+def _check_y(values, y):
+  """Eager calls: ``y`` as int32 labels in [0, K) (K = values.shape[-1]), else
+  MiaInputError naming ``y``; traced calls: ``y`` unchanged."""
+  if isinstance(values, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+    return y
+  k = np.shape(values)[-1] if np.ndim(values) else 0
+  return check_labels(y, k, "y", ndim=None)
 
 
 def _take(a: jax.Array, y: jax.Array) -> jax.Array:
@@ -34,11 +48,13 @@ def loss(logits: jax.Array, y: jax.Array) -> jax.Array:
   rounds to exactly 0 in float32 (margins above ~17) and ties every confidently
   classified example -- which would zero the loss attack's TPR at low FPR.
   """
+  y = _check_y(logits, y)
   return jax.nn.softplus(-scaled_logit(logits, y))
 
 
 def confidence(logits: jax.Array, y: jax.Array) -> jax.Array:
   """True-class probability p_y."""
+  y = _check_y(logits, y)
   return _take(jax.nn.softmax(logits), y)
 
 
@@ -47,6 +63,7 @@ def scaled_logit(logits: jax.Array, y: jax.Array) -> jax.Array:
 
   Computed from the logits directly, so it stays finite when p_y rounds to 1.
   """
+  y = _check_y(logits, y)
   z_y = _take(logits, y)
   mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
   others = jnp.where(mask, -jnp.inf, logits)
@@ -61,6 +78,7 @@ def entropy(logits: jax.Array) -> jax.Array:
 
 def modified_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   """Song & Mittal (2021): -(1 - p_y) log p_y - sum_{y' != y} p_y' log(1 - p_y')."""
+  y = _check_y(logits, y)
   logp = jax.nn.log_softmax(logits)
   p = jnp.exp(logp)
   mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
@@ -76,11 +94,13 @@ def modified_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
   """1.0 where argmax equals the label."""
+  y = _check_y(logits, y)
   return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
 
 
 def signals_from_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-  """Every black-box signal from logits float[..., K] and labels int[...]."""
+  """Every black-box signal from logits float[..., K] and labels int[...] in [0, K)."""
+  y = _check_y(logits, y)
   return {
       "loss": loss(logits, y), "confidence": confidence(logits, y),
       "scaled_logit": scaled_logit(logits, y), "entropy": entropy(logits),
@@ -104,6 +124,7 @@ def signals_from_probs(probs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
   * entropy ``-sum_k p_k log p_k``; modified entropy as :func:`modified_entropy` with
     ``log(1 - p_k)`` taken directly; correct: argmax (lower index on ties) equals y.
   """
+  y = _check_y(probs, y)
   p = probs
   log = lambda a: jnp.log(jnp.maximum(a, PROB_FLOOR))  # noqa: E731
   mask = jax.nn.one_hot(y, p.shape[-1], dtype=bool)
@@ -118,14 +139,73 @@ def signals_from_probs(probs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
   }
 
 
-def check_stacked(variables: Variables, stacked: bool, name: str = "variables") -> int | None:
-  """Number of stacked models (None if not stacked); validates the leading axis."""
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(model: LayeredModel) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of one model's variables, in tree order (shapes only, no compile)."""
+  abstract = jax.eval_shape(model.init, jax.random.key(0))
+  return {jax.tree_util.keystr(kp): tuple(leaf.shape)
+          for kp, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+
+
+def _shape_str(shape: tuple[int, ...], stacked: bool) -> str:
+  return "(" + ", ".join(["M"] + [str(d) for d in shape]) + ")" if stacked else str(shape)
+
+
+def _check_variables_match(model: LayeredModel, variables: Variables, stacked: bool,
+                           name: str) -> None:
+  """Every leaf of ``variables`` has the path and shape ``model.init`` gives it (with a
+  leading model axis when ``stacked``); the message names the first differing path."""
+  want = _expected_shapes(model)
+  got = {jax.tree_util.keystr(kp): tuple(np.shape(leaf))
+         for kp, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+  where = f"{name}: do not match model {model.name!r}"
+  for path, shape in want.items():
+    if path not in got:
+      raise MiaInputError(f"{where}: missing {path} (expected shape "
+                          f"{_shape_str(shape, stacked)}); are these another model's variables?")
+  for path in got:
+    if path not in want:
+      raise MiaInputError(f"{where}: has {path}, which model {model.name!r} does not have; "
+                          "are these another model's variables?")
+  for path, shape in want.items():
+    g = got[path]
+    ok = (len(g) == len(shape) + 1 and g[1:] == shape) if stacked else g == shape
+    if not ok:
+      hint = ""
+      if stacked:
+        hint = " (stacked=True: every leaf needs a leading model axis M)"
+      elif len(g) == len(shape) + 1 and g[1:] == shape:
+        hint = " (these look like stacked variables: pass stacked=True)"
+      raise MiaInputError(f"{where}: at {path} expected shape {_shape_str(shape, stacked)}, "
+                          f"got {g}{hint}")
+
+
+def check_stacked(variables: Variables, stacked: bool, name: str = "variables",
+                  model: LayeredModel | None = None) -> int | None:
+  """Number of stacked models (None if not stacked); validates the leading axis.
+
+  With ``model``, also checks that every leaf has the path and shape of ``model``'s
+  variables (plus the leading model axis when ``stacked``), so that another model's
+  variables or unstacked variables passed with ``stacked=True`` are a named error.
+  """
+  if not isinstance(variables, Mapping):
+    raise MiaInputError(
+        f"{name}: expected a dict of variable collections (e.g. {{'params': ...}}), got "
+        f"{type(variables).__name__}")
+  if model is not None:
+    _check_variables_match(model, variables, bool(stacked), name)
   if not stacked:
     return None
   m = num_stacked(variables)
-  for leaf in jax.tree.leaves(variables):
-    if jnp.shape(leaf)[:1] != (m,):
-      raise MiaInputError(f"{name}: stacked=True but leaves have different leading axes")
+  first = None
+  for kp, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    lead = jnp.shape(leaf)[:1]
+    if first is None:
+      first = (jax.tree_util.keystr(kp), lead)
+    if lead != (m,):
+      raise MiaInputError(
+          f"{name}: stacked=True but leaves have different leading axes: "
+          f"{first[1]} at {first[0]}, {lead} at {jax.tree_util.keystr(kp)}")
   return m
 
 
@@ -158,7 +238,7 @@ def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_s
                    stacked: bool = False) -> np.ndarray:
   """Logits float[N, K], or float[M, N, K] for M stacked models."""
   x, _ = model.check_inputs(x)
-  check_stacked(variables, stacked)
+  check_stacked(variables, stacked, model=model)
   fn = _compiled_logits(model, stacked)
   out = run_microbatched(lambda xb: fn(variables, xb), [x], microbatch_size,
                          out_axis=1 if stacked else 0)
@@ -191,7 +271,7 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
   from mia_jax.defenses import parse_defenses
   x, y = model.check_inputs(x, y)
   defenses = parse_defenses(defenses, model.num_classes)
-  m = check_stacked(variables, stacked)
+  m = check_stacked(variables, stacked, model=model)
   if mesh is not None:
     if not stacked:
       raise MiaInputError("mesh: sharding over devices needs stacked=True (M models)")

@@ -139,14 +139,19 @@ def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Se
     path_steps: 0 for point rows, R for path-integrated rows.
     centered: differentiate ``z_y - mean_k z_k`` (see module docstring).
     microbatch_size: examples per compiled chunk.
+    stacked: ``variables`` holds M models stacked on axis 0.
   Returns:
     {layer: float[(M,) N, *layer_shape]} as NumPy arrays.
+  Raises:
+    MiaInputError: bad inputs, e.g. variables of another model or unstacked variables
+      with ``stacked=True`` (the message shows the first differing path and shapes).
   """
+  from mia_jax.signals import check_stacked
   x, y = model.check_inputs(x, y)
   layers = _check_layers(model, layers)
-  if path_steps < 0:
-    raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
+  path_steps = check_positive_int(path_steps, "path_steps", minimum=0)
   check_positive_int(microbatch_size, "microbatch_size")
+  check_stacked(variables, stacked, model=model)
   fn = _compiled_rows(model, layers, int(path_steps), bool(centered), bool(stacked))
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
                          out_axis=1 if stacked else 0)
@@ -165,8 +170,10 @@ def _compiled_features(model, layer, stacked):
 def layer_features(model: LayeredModel, variables: Variables, x, layer: str, *,
                    microbatch_size: int = 1024, stacked: bool = False) -> np.ndarray:
   """h_layer(x) for all examples: float[(M,) N, *layer_shape]."""
+  from mia_jax.signals import check_stacked
   x, _ = model.check_inputs(x)
   model.check_layers([layer])
+  check_stacked(variables, stacked, model=model)
   fn = _compiled_features(model, layer, bool(stacked))
   return np.asarray(run_microbatched(lambda xb: fn(variables, xb), [x], microbatch_size,
                                      out_axis=1 if stacked else 0))
@@ -250,13 +257,14 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
   Returns:
     {layer: float[(M,) N]}: higher = more likely member.
   """
+  from mia_jax.signals import check_stacked
   x, y = model.check_inputs(x, y)
   layers = _check_layers(model, tuple(proxy_variables))
   missing = [l for l in layers if l not in means]
   if missing:
     raise MiaInputError(f"means: missing class means for layer(s) {missing}")
-  if path_steps < 0:
-    raise MiaInputError(f"path_steps: expected an integer >= 0, got {path_steps}")
+  path_steps = check_positive_int(path_steps, "path_steps", minimum=0)
+  check_stacked(target_variables, stacked, "target_variables", model=model)
   lead = 1 if stacked else 0
   for l in layers:
     _check_proxy(model, target_variables, proxy_variables[l], l, lead)
@@ -305,7 +313,7 @@ def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
   """
   from mia_jax.signals import check_stacked
   x, y = model.check_inputs(x, y)
-  m = check_stacked(variables, stacked) or 1
+  m = check_stacked(variables, stacked, model=model) or 1
   n_params = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(variables["params"])) // m
   per_example = 4 * m * max(n_params, 1)
   microbatch_size = max(1, min(int(microbatch_size), int(max_gradient_bytes) // per_example))

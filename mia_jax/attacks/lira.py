@@ -38,9 +38,19 @@ example's reference set is truncated to the smallest count over examples (the re
 code keeps only the first ``min_n n_in`` IN values of every example).
 
 Numerics: the arithmetic runs in JAX's default float type (float32 unless
-``jax_enable_x64``). A zero spread (e.g. a single IN reference) with the default
-``eps = 1e-30`` overflows float32 and gives an infinite score, where the float64
-reference code gives a finite but meaningless one; use >= 2 references per side.
+``jax_enable_x64``). The scale of every Gaussian is ``max(s + eps, floor)`` with
+
+  ``floor = finfo(dtype).eps * max(1, |t|, |mu|)``
+
+(about ``1.2e-7 * max(1, |t|, |mu|)`` in float32): the resolution of the float type at
+the numbers compared, below which a spread is rounding noise. It only matters when the
+references have (almost) no spread, e.g. every reference model gives the same value for an
+example, or a single IN reference: with the reference code's ``eps = 1e-30`` alone,
+``((t - mu) / (s + eps))**2`` overflows and the score is infinite or NaN (``inf - inf``).
+With the floor, ``|t - mu| / scale <= 2 / finfo.eps``, so the scores stay finite and keep
+their meaning: a target at the IN value scores higher than one at the OUT value. A spread
+that is not rounding noise (any practical reference set) is above the floor, so the scores
+are the reference code's.
 """
 
 from __future__ import annotations
@@ -200,13 +210,22 @@ def _fit(ref, in_mask, out_mask, *, online: bool, fix_variance: bool,
   return LiraState(mean_in, std_in, mean_out, std_out)
 
 
+def _scale(t, mu, s, eps):
+  """``max(s + eps, finfo.eps * max(1, |t|, |mu|))``: the std floored at the float
+  resolution of the compared values (see the module docstring), so that
+  ``(t - mu) / scale`` stays below ``2 / finfo.eps`` and its square finite."""
+  res = jnp.finfo(t.dtype).eps * jnp.maximum(1.0, jnp.maximum(jnp.abs(t), jnp.abs(mu)))
+  return jnp.maximum(s + eps, res)
+
+
 def _online_one(t, mu_in, s_in, mu_out, s_out, eps):
   """Score of one example: all arguments float[A]."""
-  return jnp.mean(norm.logpdf(t, mu_in, s_in + eps) - norm.logpdf(t, mu_out, s_out + eps))
+  return jnp.mean(norm.logpdf(t, mu_in, _scale(t, mu_in, s_in, eps))
+                  - norm.logpdf(t, mu_out, _scale(t, mu_out, s_out, eps)))
 
 
 def _offline_one(t, mu_out, s_out, eps):
-  return jnp.mean(norm.logcdf((t - mu_out) / (s_out + eps)))
+  return jnp.mean(norm.logcdf((t - mu_out) / _scale(t, mu_out, s_out, eps)))
 
 
 def _score(state: LiraState, target, eps, *, online: bool):
@@ -289,7 +308,9 @@ def lira_score(state: LiraState, target: Any, *, online: bool = True,
     state: from :func:`lira_fit` (``online=True`` needs the IN fields).
     target: float[N, A] (or float[N] when A = 1) target model's scaled logits.
     online: likelihood ratio IN vs OUT; else the one-sided OUT test.
-    eps: added to every std (the reference code's 1e-30).
+    eps: added to every std (the reference code's 1e-30); the result is floored at
+      the float resolution of the compared values (module docstring), so zero-spread
+      references give finite scores.
 
   Returns:
     float[N] scores (NumPy), higher = more likely a member.
@@ -324,7 +345,7 @@ def lira_online(target: Any, ref: Any, keep: Any, *, fix_variance: bool = False,
     fix_variance: one global IN std and one global OUT std (pooled over all
       examples), as the reference code's ``fix_variance``; helps with few models.
     center: "mean" (the paper) or "median" (the reference code).
-    eps: added to every std.
+    eps: added to every std (then floored as in :func:`lira_score`).
 
   Returns:
     float[N] scores (NumPy), higher = more likely a member.
@@ -356,7 +377,7 @@ def lira_offline(target: Any, ref: Any, keep: Any, *, fix_variance: bool = False
     keep: bool[M, N]; only the OUT entries (False) are used.
     fix_variance: one global OUT std pooled over all examples.
     center: "mean" or "median".
-    eps: added to every std.
+    eps: added to every std (then floored as in :func:`lira_score`).
 
   Returns:
     float[N] scores (NumPy, all <= 0), higher = more likely a member.

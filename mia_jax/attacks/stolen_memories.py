@@ -69,8 +69,7 @@ class StolenMemoriesConfig:
     if self.proxy_sampling not in ("disjoint", "random"):
       raise MiaInputError(
           f"proxy_sampling: expected 'disjoint' or 'random', got {self.proxy_sampling!r}")
-    if not isinstance(self.path_steps, int) or self.path_steps < 0:
-      raise MiaInputError(f"path_steps: expected an integer >= 0, got {self.path_steps!r}")
+    check_positive_int(self.path_steps, "path_steps", minimum=0)  # refuses bools, floats
     check_positive_int(self.microbatch_size, "microbatch_size")
 
 

@@ -73,6 +73,42 @@ def _call_with_options(fn: Callable[..., Any], options: Mapping[str, Any], conte
   return fn(**options)
 
 
+def _check_two_classes(y_train: np.ndarray, name: str) -> None:
+  """The training labels must hold at least 2 classes (else no classifier is learned)."""
+  present = np.unique(y_train)
+  if present.size < 2:
+    raise MiaInputError(
+        f"{name}: the training labels hold only {present.size} class(es) "
+        f"{present.tolist()}; a classifier needs at least 2")
+
+
+def _infer_num_classes(ys: Mapping[str, np.ndarray], name: str) -> int:
+  """K from labels that must be exactly the contiguous classes 0..K-1 (over all splits).
+
+  Refuses labels with fewer than 2 classes, 1-based labels (1..K with no 0) and labels
+  with absent classes in [0, max] (e.g. one stray label 1000 among 0..9), which would
+  otherwise silently give a model with the wrong number of outputs.
+  """
+  present = np.unique(np.concatenate([np.asarray(y).reshape(-1) for y in ys.values()]))
+  if present.size < 2:
+    raise MiaInputError(
+        f"{name}: labels hold only {present.size} class(es) {present.tolist()}; a "
+        "classifier needs at least 2")
+  top = int(present[-1])
+  if present.size == top and int(present[0]) == 1:
+    raise MiaInputError(
+        f"{name}: labels look 1-based (they run 1..{top} with no 0); subtract 1 so they "
+        f"run 0..{top - 1}, or pass num_classes")
+  if present.size != top + 1:
+    missing = np.setdiff1d(np.arange(top + 1), present)
+    raise MiaInputError(
+        f"{name}: labels are not the contiguous classes 0..K-1: {missing.size} of the "
+        f"{top + 1} classes in [0, {top}] have no example (e.g. {missing[:5].tolist()}); "
+        "remap them to 0..K-1 (e.g. np.unique(y, return_inverse=True)[1]), or pass "
+        "num_classes")
+  return top + 1
+
+
 def _labels_to_int(y: np.ndarray, name: str) -> np.ndarray:
   """int64 labels from an integer (or integral float) array; raises MiaInputError."""
   if y.ndim != 1:
@@ -88,6 +124,10 @@ def _features_to_float(x: np.ndarray, name: str, scale_images: bool) -> np.ndarr
   """float32 features; uint8 images ``[N,H,W(,C)]`` -> /255; ``[N,H,W]`` -> ``[N,H,W,1]``."""
   if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
     raise MiaInputError(f"{name}: expected a numeric feature array, got dtype={x.dtype}")
+  if np.issubdtype(x.dtype, np.complexfloating):
+    raise MiaInputError(
+        f"{name}: expected real features, got complex dtype={x.dtype} (the imaginary part "
+        "would be dropped silently)")
   if x.ndim < 2:
     raise MiaInputError(f"{name}: expected shape [N, *features] with ndim >= 2, got {x.shape}")
   is_image = x.ndim in (3, 4)
@@ -241,7 +281,10 @@ def load_npz(path: str | os.PathLike, *, name: str | None = None, test_fraction:
       many examples (counted over the whole archive) and relabel them ``0..K-1`` in
       order of their original id, like scikit-learn's ``fetch_lfw_people`` (for
       ``lfw_gray_62x47.npz``, 20 keeps 62 people and 3023 images).
-    num_classes: K; default ``max label + 1`` (after the filter above).
+    num_classes: K; default ``max label + 1`` (after the filter above), and then the
+      labels must be exactly 0..K-1 (every class present in train or test): labels
+      with gaps (an absent class, a stray large label) or 1-based labels are refused,
+      remap them or pass ``num_classes``.
     scale_images: divide uint8 image pixels by 255.
 
   Returns:
@@ -249,7 +292,9 @@ def load_npz(path: str | os.PathLike, *, name: str | None = None, test_fraction:
 
   Raises:
     MiaInputError: missing/unreadable file, pickled object arrays, missing keys,
-      mismatched lengths, non-integer or out-of-range labels, non-finite features.
+      mismatched lengths, non-integer or out-of-range labels, fewer than 2 classes in
+      the training labels, inferred labels that are not 0..K-1, complex or non-finite
+      features.
   """
   if not isinstance(path, (str, os.PathLike)):
     raise MiaInputError(f"path: expected a file path, got {type(path).__name__}")
@@ -302,10 +347,11 @@ def load_npz(path: str | os.PathLike, *, name: str | None = None, test_fraction:
   else:
     x_tr, y_tr, x_te, y_te = xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"]
 
-  if num_classes is None:
-    max_label = max(int(y_tr.max(initial=-1)), int(y_te.max(initial=-1)))
-    num_classes = max(max_label + 1, 2)
   try:
+    if num_classes is None:
+      num_classes = _infer_num_classes({"y_train": y_tr, "y_test": y_te},
+                                       "y" if "x" in xs else "y_train/y_test")
+    _check_two_classes(y_tr, "y_train")
     return Dataset(x_tr, y_tr, x_te, y_te, num_classes=num_classes, name=name)
   except MiaInputError as e:
     raise MiaInputError(f"{e} (in {path!r})") from e
@@ -403,7 +449,8 @@ def load_tfds(name: str, *, data_dir: str | os.PathLike | None = None, download:
   Returns:
     A :class:`Dataset` with ``x_*`` float32[N, H, W, C] (or the feature's shape),
     ``y_*`` int32[N]; ``num_classes`` from the ``ClassLabel`` feature when there is
-    one, else ``max label + 1``; ``name`` the tfds name.
+    one, else ``max label + 1`` (the labels must then be exactly 0..K-1, see
+    :func:`load_npz`); ``name`` the tfds name.
 
   Raises:
     MiaInputError: tfds missing, dataset unknown or not prepared in ``data_dir``
@@ -491,10 +538,12 @@ def load_tfds(name: str, *, data_dir: str | os.PathLike | None = None, download:
   y_tr = _labels_to_int(y_tr, f"label_key ({label_key!r} in {split_train!r})")
   y_te = _labels_to_int(y_te, f"label_key ({label_key!r} in {split_test!r})")
   num_classes = getattr(features[label_key], "num_classes", None)
-  if num_classes is None:
-    num_classes = max(int(y_tr.max(initial=-1)), int(y_te.max(initial=-1))) + 1
   try:
-    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=max(int(num_classes), 2), name=name)
+    if num_classes is None:
+      num_classes = _infer_num_classes({"y_train": y_tr, "y_test": y_te},
+                                       f"label_key ({label_key!r})")
+    _check_two_classes(y_tr, f"label_key ({label_key!r} in {split_train!r})")
+    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=int(num_classes), name=name)
   except MiaInputError as e:
     raise MiaInputError(f"{e} (tfds dataset {name!r})") from e
 

@@ -114,8 +114,12 @@ class LayeredModel:
     """Validates inputs for this model: x float[N, *input_shape], y int[N] in range.
 
     Returns (x as float32, y as int32 or None); raises MiaInputError before any compute.
+    Complex x or y are refused (a cast would drop the imaginary part silently).
     """
-    x = as_array(x, "x")
+    x = as_array(x, "x")  # refuses object and complex arrays
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+            or x.dtype == bool):
+      raise MiaInputError(f"x: expected real numbers, got dtype={x.dtype}")
     if x.ndim < 1 or tuple(x.shape[1:]) != tuple(self.input_shape):
       raise MiaInputError(
           f"x: expected shape [N, {', '.join(map(str, self.input_shape))}] for model "
