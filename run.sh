@@ -2,6 +2,7 @@
 # Set-up and entry points for mia-jax. Needs only python3 (>= 3.10) and pip.
 #   bash run.sh demo   create .venv, install, run `mia-jax audit` on the built-in digits data
 #   bash run.sh test   create .venv, install with test extras, run the test suite
+#                      (pytest-xdist: one worker per core, each test file on one worker)
 #   bash run.sh bench  CPU smoke run of the benchmark suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,7 +30,7 @@ case "$cmd" in
     ;;
   test)
     setup
-    "$PY" -m pytest -q "$@"
+    "$PY" -m pytest -q -n "${MIA_JAX_TEST_WORKERS:-auto}" --dist loadfile "$@"
     ;;
   bench)
     setup

@@ -16,12 +16,12 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
 import time
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from mia_jax._io import write_json_atomic, write_npz_atomic  # noqa: F401 (re-exported)
 from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
 
 SCHEMA_VERSION = 1
@@ -119,6 +119,7 @@ class AuditConfig:
   microbatch_size: int = 512
 
   def __post_init__(self):
+    _coerce_fields(self)
     unknown = [a for a in self.attacks if a not in ALL_ATTACKS]
     if unknown:
       raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ALL_ATTACKS)}")
@@ -159,6 +160,9 @@ class AuditConfig:
                           f"{self.lira_augmentations!r}")
     self.train_config()  # validates the recipe
 
+    check_positive_int(self.num_proxies, "num_proxies")
+    check_positive_int(self.path_steps, "path_steps", minimum=0)
+
   @property
   def uses_dp(self) -> bool:
     return self.dp_epsilon is not None or self.noise_multiplier is not None
@@ -179,33 +183,127 @@ class AuditConfig:
     return d
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+_FLOATS = ("learning_rate", "weight_decay", "target_precision", "target_fpr", "rmia_offline_a",
+           "clip_norm", "delta", "shadow_noise")
+_OPTIONAL_FLOATS = ("dp_epsilon", "noise_multiplier")
+_INTS = ("epochs", "batch_size", "num_proxies", "path_steps", "num_reference", "num_shadow",
+         "seed", "microbatch_size")
+_OPTIONAL_INTS = ("target_size",)
+_STRS = ("dataset", "model", "optimizer", "whitebox_setting", "shadow_source",
+         "lira_augmentations")
+_NAME_LISTS = ("attacks", "defenses")
+_OPTIONAL_NAME_LISTS = ("layers", "gradient_layers")
+_MAPPINGS = ("dataset_options", "model_options")
+_AT_MOST = {"epochs": 1_000_000, "batch_size": 1 << 24, "microbatch_size": 1 << 24,
+            "num_proxies": 1024, "path_steps": 100_000, "num_reference": 65_536,
+            "num_shadow": 65_536, "target_size": 1 << 40}
+"""Sanity bounds on counts: far above any real run, far below what would hang or
+overflow (a mistyped ``epochs: 1e9``)."""
+MAX_OPTION_NODES = 10_000
+"""The most values (counted with repeats, as YAML aliases expand) an option may hold."""
 
 
-def write_npz_atomic(path: str, **arrays) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-  os.close(fd)
+def as_float(value: Any, name: str) -> float:
+  """A real number from a number or a string a YAML/CLI user means as one ("1e-3")."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating, str)):
+    raise MiaInputError(f"{name}: expected a number, got {value!r}")
   try:
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    v = float(value.strip() if isinstance(value, str) else value)
+  except (ValueError, OverflowError) as e:
+    raise MiaInputError(f"{name}: expected a number, got {value!r}") from e
+  if not np.isfinite(v):
+    raise MiaInputError(f"{name}: expected a finite number, got {value!r}")
+  return v
+
+
+def as_int(value: Any, name: str) -> int:
+  """An integer from an int, an integral float or a string ("10", "1e2")."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return int(value)
+  if isinstance(value, str):
+    text = value.strip()
+    try:
+      return int(text)
+    except ValueError:
+      pass
+  v = as_float(value, name) if not isinstance(value, bool) else None
+  if v is None or v != int(v):
+    raise MiaInputError(f"{name}: expected an integer, got {value!r}")
+  return int(v)
+
+
+def check_size(value: Any, name: str, limit: int = MAX_OPTION_NODES) -> None:
+  """Refuses values that expand to more than ``limit`` nodes (a YAML alias bomb) or hold
+  anything JSON cannot write."""
+  count, stack = 0, [value]
+  while stack:
+    v = stack.pop()
+    count += 1
+    if count > limit:
+      raise MiaInputError(f"{name}: too large (more than {limit} values once expanded)")
+    if isinstance(v, dict):
+      for k, w in v.items():
+        if not isinstance(k, str):
+          raise MiaInputError(f"{name}: keys must be strings, got {k!r}")
+        stack.append(w)
+    elif isinstance(v, (list, tuple)):
+      stack.extend(v)
+    elif not (v is None or isinstance(v, (str, bool, int, float))):
+      raise MiaInputError(f"{name}: unsupported value {v!r} of type {type(v).__name__}")
+
+
+def _name_list(value: Any, name: str) -> tuple[str, ...]:
+  if isinstance(value, str):
+    return tuple(t.strip() for t in value.split(",") if t.strip())
+  if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+    return tuple(v.strip() for v in value)
+  raise MiaInputError(f"{name}: expected a list of names or a comma-separated string, got "
+                      f"{value!r}")
+
+
+def _coerce_fields(config) -> None:
+  """Turns every field into its type the way a YAML or command-line user means it
+  ("1e-3" is a float, "10" an int, "a,b" a list), or raises a named error."""
+  def put(name, v):
+    object.__setattr__(config, name, v)
+
+  for f in _FLOATS:
+    put(f, as_float(getattr(config, f), f))
+  for f in _OPTIONAL_FLOATS:
+    if getattr(config, f) is not None:
+      put(f, as_float(getattr(config, f), f))
+  for f in _INTS:
+    put(f, as_int(getattr(config, f), f))
+  for f in _OPTIONAL_INTS:
+    if getattr(config, f) is not None:
+      put(f, as_int(getattr(config, f), f))
+  for f in _STRS:
+    if not isinstance(getattr(config, f), str) or not getattr(config, f):
+      raise MiaInputError(f"{f}: expected a non-empty string, got {getattr(config, f)!r}")
+  for f in _NAME_LISTS:
+    put(f, _name_list(getattr(config, f), f))
+  for f in _OPTIONAL_NAME_LISTS:
+    if getattr(config, f) is not None:
+      put(f, _name_list(getattr(config, f), f))
+  for f in _MAPPINGS:
+    v = getattr(config, f)
+    if v is None:
+      v = {}
+    if not isinstance(v, dict):
+      raise MiaInputError(f"{f}: expected a mapping of option: value, got {v!r}")
+    check_size(v, f)
+    put(f, {str(k).replace("-", "_"): w for k, w in v.items()})
+  if not 0 <= config.seed < 2 ** 32:
+    raise MiaInputError(f"seed: expected an integer in [0, 2**32), got {config.seed}")
+  for name, most in _AT_MOST.items():
+    v = getattr(config, name)
+    if v is not None and v > most:
+      raise MiaInputError(f"{name}: at most {most}, got {v}")
+  check_positive_int(config.epochs, "epochs")
+  check_positive_int(config.batch_size, "batch_size")
+  check_in_range(config.learning_rate, "learning_rate", 0, float("inf"), low_open=True,
+                 high_open=True)
+  check_in_range(config.weight_decay, "weight_decay", 0, float("inf"), high_open=True)
 
 
 def versions() -> dict[str, str]:
@@ -270,7 +368,48 @@ def prepare(config: AuditConfig) -> Setup:
   check_disjoint(split.auxiliary, split.target_in)
   model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
                      **config.model_options)
+  check_model_size(model, config)
   return Setup(ds, x, y, split, model, n_target)
+
+
+def check_model_size(model, config: AuditConfig) -> None:
+  """Refuses, before any compute, a model whose training state cannot fit in memory: the
+  parameters (from abstract shapes, nothing allocated) times the models trained at once
+  times 4 (parameters, gradients and two optimizer moments), against the device's memory
+  (the host's on the CPU)."""
+  import jax
+  try:
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+  except MiaInputError:
+    raise
+  except Exception as e:  # noqa: BLE001 - flax/jax reject impossible shapes in many ways
+    raise MiaInputError(f"model_options: cannot build model {model.name!r} with "
+                        f"{config.model_options}: {type(e).__name__}: {e}") from e
+  nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+  at_once = max([1] + [config.num_reference for a in config.attacks if a in REFERENCE_ATTACKS]
+                + [config.num_shadow for a in config.attacks if a in SHADOW_ATTACKS])
+  need = 4 * nbytes * at_once
+  have = _memory_bytes()
+  if have is not None and need > have:
+    raise MiaInputError(
+        f"model_options: model {model.name!r} has {nbytes / 2**20:.1f} MiB of variables; "
+        f"training {at_once} at once needs about {need / 2**30:.1f} GiB, more than the "
+        f"{have / 2**30:.1f} GiB of memory here; lower the widths (-M widths=...) or "
+        "--num-reference / --num-shadow")
+
+
+def _memory_bytes() -> int | None:
+  import jax
+  try:
+    stats = jax.devices()[0].memory_stats()
+    if stats and stats.get("bytes_limit"):
+      return int(stats["bytes_limit"])
+  except Exception:  # noqa: BLE001 - not every backend reports memory
+    pass
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
 
 
 def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
@@ -296,13 +435,13 @@ def _calibrated(scores, is_member, threshold: float, calibration: dict) -> dict:
                               for p in (0.5, 0.1, 0.01)}}
 
 
-def _whitebox_shadow_trainer(path, model, tcfg, train_one, progress, log, checkpoint_dir):
+def _whitebox_shadow_trainer(rd, name, model, tcfg, train_one, progress, log, checkpoint_dir):
   """``(x, y, indices, seed) -> variables`` for the white-box shadow target: trained once
   per (indices, seed) in this run, saved at ``path`` and reloaded when a run is resumed
   (the saved model is reused only if it was trained on the same indices and seed)."""
   import hashlib
   import jax
-  from mia_jax.train import load_variables, save_variables, train_model
+  from mia_jax.train import train_model
   memo = {}
 
   def train(xs, ys, indices, seed):
@@ -310,28 +449,25 @@ def _whitebox_shadow_trainer(path, model, tcfg, train_one, progress, log, checkp
                          + repr(seed).encode()).hexdigest()
     if key in memo:
       return memo[key]
-    if os.path.isdir(path):
-      like = jax.eval_shape(model.init, jax.random.key(0))
-      variables, meta = load_variables(path, like=like)
-      if meta.get("key") == key:
-        log(f"resuming: reusing the white-box shadow target in {path}")
-        memo[key] = variables
-        return variables
+    like = jax.eval_shape(model.init, jax.random.key(0))
+    variables, meta = _reuse_saved(rd, name, like, "white-box shadow target", log)
+    if variables is not None and meta.get("key") == key:
+      memo[key] = variables
+      return variables
     if train_one is not None:
       variables = train_one(xs, ys, indices, seed)
     else:
       variables = train_model(model, xs, ys, config=tcfg, seed=seed, indices=indices,
                               progress=progress, description="white-box shadow target",
                               checkpoint_dir=checkpoint_dir).variables
-    save_variables(path, variables, metadata={"model": dict(model.spec), "key": key},
-                   overwrite=True)
+    _save(rd, name, variables, {"model": dict(model.spec), "key": key})
     memo[key] = variables
     return variables
 
   return train
 
 
-def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, log,
+def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, description, log,
                     checkpoint_dir=None, train_one=None):
   """Trains M models at once, or reloads them from ``path`` when a run is resumed.
 
@@ -340,11 +476,13 @@ def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, 
   """
   import jax
   import jax.numpy as jnp
-  from mia_jax.train import load_variables, save_variables, train_models
-  if os.path.isdir(path):
-    like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), keep.shape[0]))
-    log(f"resuming: reusing {description} from {path}")
-    return load_variables(path, like=like)[0]
+  from mia_jax.train import train_models
+  like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), keep.shape[0]))
+  variables, meta = _reuse_saved(rd, name, like, description, log)
+  if variables is not None:
+    if np.array_equal(np.asarray(meta.get("keep"), bool), keep):
+      return variables
+    log(f"resuming: the saved {description} were trained on other data; training them again")
   if train_one is None:
     variables = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
                              description=description, checkpoint_dir=checkpoint_dir).variables
@@ -354,7 +492,7 @@ def _stacked_models(path, model, x, y, keep, tcfg, seed, progress, description, 
       log(f"{description}: training model {m + 1}/{keep.shape[0]} with DP-SGD")
       each.append(train_one(x, y, np.flatnonzero(keep[m]), (seed, m)))
     variables = jax.tree.map(lambda *a: jnp.stack(a), *each)
-  save_variables(path, variables, metadata={"model": dict(model.spec), "keep": keep.tolist()})
+  _save(rd, name, variables, {"model": dict(model.spec), "keep": keep.tolist()})
   return variables
 
 
@@ -491,75 +629,86 @@ def _augmentation_views(name: str):
 
 
 def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, progress=None,
-              log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+              log: Callable[[str], None] = lambda s: None, report: bool = False,
+              dpi: int = 100) -> dict[str, Any]:
   """Runs an audit and writes results into ``out_dir`` (see module docstring).
 
-  A finished run (``results.json`` present) is not overwritten unless ``overwrite``; an
-  unfinished one is resumed from its checkpoints. ``progress`` (a rich Progress) shows
-  bars for every training and every microbatched signal pass.
+  Everything is validated (the configuration, then what depends on the data) before the
+  run directory is touched. The run directory (:mod:`mia_jax.rundir`) is held under a
+  lock; a finished run is not overwritten unless ``overwrite``, which removes only what
+  mia-jax wrote there; an unfinished one is resumed from its checkpoints after checking
+  that the configuration and the data are those it started with, and every saved model
+  it reuses is verified against its content hash (a corrupt one is trained again).
+  ``progress`` (a rich Progress) shows bars for every training and every microbatched
+  signal pass.
+
+  Args:
+    config: the audit.
+    out_dir: the run directory.
+    overwrite: replace a finished run (only what mia-jax wrote).
+    progress: optional rich Progress.
+    log: receives stage logs and what resuming found.
+    report: also write report.html / report.md; the run counts as finished only once
+      they are written (an interrupted report stage is redone by rerunning).
+    dpi: resolution of the report's plots.
 
   Returns:
     The results dict written to ``results.json``.
   """
   from mia_jax._batching import progress_scope
-  with progress_scope(progress, "signals"):
-    return _run_audit(config, out_dir, overwrite=overwrite, progress=progress, log=log)
-
-
-def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
-               log: Callable[[str], None]) -> dict[str, Any]:
-  import jax  # noqa: F401  (device info)
-
-  from mia_jax.attacks import stolen_memories as sm
-  from mia_jax.attacks.threshold import threshold_scores
-  from mia_jax.metrics import summarize
-  from mia_jax.signals import blackbox_signals
-  from mia_jax.train import load_variables, save_variables, train_model
-
-  out_dir = os.path.abspath(out_dir)
-  results_path = os.path.join(out_dir, "results.json")
-  if os.path.exists(results_path) and not overwrite:
-    raise MiaInputError(f"out: {out_dir} holds a finished run; pass --overwrite to replace it")
-  if overwrite and os.path.isdir(out_dir):
-    import shutil
-    for name in ("results.json", "scores.npz", "target", "reference", "shadow", "config.json",
-                 "checkpoints", "report.html", "report.md", "plots", "whitebox_shadow"):
-      p = os.path.join(out_dir, name)
-      if os.path.isdir(p):
-        shutil.rmtree(p)
-      elif os.path.exists(p):
-        os.remove(p)
-  os.makedirs(out_dir, exist_ok=True)
-  cfg_path = os.path.join(out_dir, "config.json")
-  if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      previous = json.load(f)
-    # Options added to AuditConfig after the run started count with their defaults, so a
-    # run begun by an older version resumes when nothing it used has changed.
-    defaults = json.loads(json.dumps(AuditConfig().to_dict()))
-    previous = {**defaults, **previous}
-    current = json.loads(json.dumps(config.to_dict()))
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current)
-                       if previous.get(k) != current.get(k))
-      raise MiaInputError(
-          f"out: {out_dir} holds an unfinished run with another configuration (differs in "
-          f"{changed}); rerun with the same options to resume, or pass --overwrite")
-    log(f"resuming the unfinished run in {out_dir}")
-  write_json_atomic(cfg_path, config.to_dict())
-
+  from mia_jax._io import hash_arrays
+  from mia_jax.rundir import RunDir, check_out_path, refuse_finished
+  from mia_jax.train import log_to
+  out_dir = check_out_path(out_dir)
+  if not isinstance(config, AuditConfig):
+    raise MiaInputError(f"config: expected an AuditConfig, got {type(config).__name__}")
+  if not overwrite:
+    refuse_finished(out_dir)  # before loading any data
   stages = _Stages(log)
-  ds, x, y, split, model, n_target = stages.run("load_data", lambda: prepare(config))
-  n_total = x.shape[0]
+  setup = stages.run("load_data", lambda: prepare(config))
+  checked = _check_with_data(config, setup, log)
+  with RunDir.open(out_dir, command="audit", overwrite=overwrite, log=log) as rd, \
+       progress_scope(progress, "signals"), log_to(log):
+    _check_or_write_config(rd, config, log)
+    rd.check_data(hash_arrays(setup.x, setup.y), f"dataset {config.dataset!r}")
+    results_path = os.path.join(out_dir, "results.json")
+    results = None
+    if os.path.exists(results_path) and "results.json" in rd.manifest["entries"]:
+      from mia_jax._io import read_json
+      try:
+        results = read_json(results_path, "out")
+        log(f"resuming: the attacks of {out_dir} are done; finishing the report")
+      except MiaInputError as e:
+        log(f"resuming: {e}; computing the results again")
+    if not isinstance(results, dict):
+      results = _run_audit(config, rd, setup, checked, stages, progress=progress, log=log)
+    if report:
+      from mia_jax.report import write_report
+      for name in ("report.html", "report.md", "plots"):
+        rd.file(name)
+      write_report(out_dir, dpi=dpi)
+    rd.mark_finished()
+    return results
+
+
+class _Checked(NamedTuple):
+  defenses: tuple
+  views: Any
+  dp_info: dict | None
+
+
+def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
+  """Every check that needs the data or the model, before the run directory is touched."""
+  import jax
+  ds, model = setup.dataset, setup.model
   if config.layers is not None and "stolen-memories" in config.attacks:
     from mia_jax.whitebox import _check_layers
-    _check_layers(model, config.layers)  # before any training
+    _check_layers(model, config.layers)
   if "nasr" in config.attacks:
     from mia_jax.attacks import nasr
-    nasr.check_layers(model, config.gradient_layers)  # before any training
-  tcfg = config.train_config()
+    nasr.check_layers(model, config.gradient_layers)
   from mia_jax.defenses import parse_defenses
-  defenses = parse_defenses(config.defenses, ds.num_classes)  # k <= K, before training
+  defenses = parse_defenses(config.defenses, ds.num_classes)  # k <= K
   views = _augmentation_views(config.lira_augmentations)
   if views is not None and len(ds.feature_shape) != 3:
     raise MiaInputError(f"lira_augmentations: {config.lira_augmentations!r} needs images "
@@ -570,9 +719,80 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     if set(jax.eval_shape(model.init, jax.random.key(0))) != {"params"}:
       raise MiaInputError(f"dp_epsilon/noise_multiplier: DP-SGD needs per-example gradients, "
                           f"but model {model.name!r} has non-parameter state (BatchNorm)")
-    dp_info = _dp_setup(config, n_target)
+    dp_info = _dp_setup(config, setup.target_size)
     log(f"DP-SGD: noise multiplier {dp_info['noise_multiplier']:.4f}, clip norm "
         f"{config.clip_norm}, epsilon {dp_info['epsilon']:.4g} at delta {config.delta}")
+  return _Checked(defenses, views, dp_info)
+
+
+def _check_or_write_config(rd, config: AuditConfig, log) -> None:
+  """A resumed run must have the configuration it started with; a new one records it."""
+  from mia_jax._io import read_json
+  cfg_path = rd.file("config.json")
+  if os.path.exists(cfg_path):
+    previous = read_json(cfg_path, "out")
+    if not isinstance(previous, dict):
+      raise MiaInputError(f"out: {cfg_path} is corrupt (not a mapping of options); pass "
+                          "--overwrite to start the run over")
+    # Options added to AuditConfig after the run started count with their defaults, so a
+    # run begun by an older version resumes when nothing it used has changed.
+    defaults = json.loads(json.dumps(AuditConfig().to_dict()))
+    previous = {**defaults, **previous}
+    current = json.loads(json.dumps(config.to_dict()))
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current)
+                       if previous.get(k) != current.get(k))
+      raise MiaInputError(
+          f"out: {rd.path} holds an unfinished run with another configuration (differs in "
+          f"{changed}); rerun with the same options to resume, or pass --overwrite")
+    log(f"resuming the unfinished run in {rd.path}")
+  write_json_atomic(cfg_path, config.to_dict())
+
+
+def _reuse_saved(rd, name: str, like, description: str, log):
+  """(variables, metadata) of the model saved as ``name`` in the run, if it is there and
+  intact; a corrupt, mismatched or replaced one is removed (and trained again)."""
+  import shutil
+
+  from mia_jax.train import checkpoint_hash, load_variables
+  path = os.path.join(rd.path, name)
+  if not os.path.isdir(path):
+    return None, None
+  try:
+    variables, meta = load_variables(path, like=like)
+    recorded = rd.recorded_hash(name)
+    if recorded is not None and checkpoint_hash(path) != recorded:
+      raise MiaInputError("it is not the model this run saved (content hash differs from "
+                          "the manifest's)")
+  except MiaInputError as e:
+    log(f"resuming: the saved {description} in {path} cannot be used ({e}); training it again")
+    shutil.rmtree(path, ignore_errors=True)
+    return None, None
+  log(f"resuming: reusing the {description} in {path}")
+  return variables, meta
+
+
+def _save(rd, name: str, variables, metadata: dict) -> None:
+  from mia_jax.train import save_variables
+  path = rd.file(name)
+  rd.record_hash(name, save_variables(path, variables, metadata=metadata, overwrite=True))
+
+
+def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages: _Stages, *,
+               progress, log: Callable[[str], None]) -> dict[str, Any]:
+  import jax  # noqa: F401  (device info)
+
+  from mia_jax.attacks import stolen_memories as sm
+  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.metrics import summarize
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import train_model
+
+  out_dir = rd.path
+  ds, x, y, split, model, n_target = setup
+  n_total = x.shape[0]
+  tcfg = config.train_config()
+  defenses, views, dp_info = checked
 
   def train_dp(xs, ys, indices, seed):
     from mia_jax.dp import train_model_dp
@@ -581,22 +801,20 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
 
   train_one = train_dp if dp_info is not None else None
 
-  target_dir = os.path.join(out_dir, "target")
-
-  work = os.path.join(out_dir, "checkpoints")
+  work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
   def train_target():
-    if os.path.isdir(target_dir):
-      log(f"resuming: reusing the trained target in {target_dir}")
-      like = model.init(__import__("jax").random.key(0))
-      return load_variables(target_dir, like=like)[0]
+    like = jax.eval_shape(model.init, jax.random.key(0))
+    variables, _ = _reuse_saved(rd, "target", like, "trained target", log)
+    if variables is not None:
+      return variables
     if train_one is not None:
       variables = train_one(x, y, split.target_in, config.seed)
     else:
       variables = train_model(model, x, y, config=tcfg, seed=config.seed,
                               indices=split.target_in, progress=progress, description="target",
                               checkpoint_dir=os.path.join(work, "target")).variables
-    save_variables(target_dir, variables, metadata={"model": dict(model.spec)})
+    _save(rd, "target", variables, {"model": dict(model.spec)})
     return variables
 
   target = stages.run("train_target", train_target)
@@ -628,7 +846,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     # RMIA's population z (OUT for every reference model).
     keep = reference_keep(config, eval_idx.size)
     refs = stages.run("reference_models", lambda: _stacked_models(
-        os.path.join(out_dir, "reference"), model, x[eval_idx], y[eval_idx], keep, tcfg,
+        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg,
         config.seed + 1, progress, "reference models", log, os.path.join(work, "reference"),
         train_one))
     pool = np.concatenate([eval_idx, split.auxiliary])
@@ -671,7 +889,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
         config, model, target, defenses, x[aux], y[aux]))
     skeep = _shadow_keep(config.num_shadow, sx.shape[0], n_target, config.seed + 23)
     shadows = stages.run("shadow_models", lambda: _stacked_models(
-        os.path.join(out_dir, "shadow"), model, sx, sy, skeep, tcfg, config.seed + 2,
+        rd, "shadow", model, sx, sy, skeep, tcfg, config.seed + 2,
         progress, "shadow models", log, os.path.join(work, "shadow"), train_one))
 
     # One attack model per class (the paper) needs in and out shadow records of every
@@ -721,7 +939,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
 
   # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et al.)
   # is one model trained with the same data and seed: trained once, saved for resuming.
-  whitebox_shadow = _whitebox_shadow_trainer(os.path.join(out_dir, "whitebox_shadow"), model,
+  whitebox_shadow = _whitebox_shadow_trainer(rd, "whitebox_shadow", model,
                                              tcfg, train_one, progress, log,
                                              os.path.join(work, "whitebox_shadow"))
 
@@ -763,7 +981,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
     entry["calibrated"] = _calibrated(res.scores, is_member, res.threshold, res.calibration)
     attacks_out["nasr"] = entry
 
-  write_npz_atomic(os.path.join(out_dir, "scores.npz"), is_member=is_member,
+  write_npz_atomic(rd.file("scores.npz"), is_member=is_member,
                    labels=y[eval_idx], **{f"score:{k}": v for k, v in scores.items()})
   results = {
       "schema_version": SCHEMA_VERSION,
@@ -785,7 +1003,7 @@ def _run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool, progress,
   }
   if dp_info is not None:
     results["dp"] = _dp_results(dp_info, attacks_out)
-  write_json_atomic(results_path, results)
+  write_json_atomic(rd.file("results.json"), results)
   import shutil
   shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
   return results

@@ -142,19 +142,22 @@ def plot_checkpoint_metrics(metrics: list[dict], names: Sequence[str], path: str
     ax.legend(fontsize=7)
   fig.suptitle(f"{len(metrics)} checkpoints ({names[0]} ... {names[-1]})")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  os.replace(tmp, path)
+  import io
+
+  from mia_jax._io import write_bytes_atomic
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  write_bytes_atomic(path, buf.getvalue())
 
 
 def config_from_dict(d: dict):
   """AuditConfig from a saved ``config.json`` (lists back to tuples)."""
   from mia_jax.audit import AuditConfig
   d = dict(d)
-  for key in ("attacks", "layers", "defenses"):
-    if d.get(key) is not None:
-      d[key] = tuple(d[key])
-  return AuditConfig(**d)
+  try:
+    return AuditConfig(**d)
+  except TypeError as e:
+    raise MiaInputError(f"run: config.json holds unknown options ({e})") from e
 
 
 def _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
@@ -217,24 +220,33 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
   Resumable: an interrupted run continues from its last epoch when called again.
   Returns the target's checkpoint paths.
   """
-  import json
+  from mia_jax._io import hash_arrays
   from mia_jax._validation import check_positive_int
-  from mia_jax.audit import prepare, reference_keep, write_json_atomic
-  from mia_jax.train import save_variables, train_model
+  from mia_jax.audit import _check_or_write_config, prepare, reference_keep
+  from mia_jax.rundir import RunDir, check_out_path
+  from mia_jax.train import log_to
   check_positive_int(save_every, "save_every")
   if config.uses_dp:
     raise MiaInputError("dp_epsilon/noise_multiplier: 'mia-jax train' saves per-epoch "
                         "checkpoints of non-private training only; audit DP models with "
                         "'mia-jax audit'")
-  out_dir = os.path.abspath(out_dir)
-  cfg_path = os.path.join(out_dir, "config.json")
-  if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      if json.load(f) != json.loads(json.dumps(config.to_dict())):
-        raise MiaInputError(f"out: {out_dir} holds a training run with another configuration")
+  out_dir = check_out_path(out_dir)
   setup = prepare(config)
-  write_json_atomic(cfg_path, config.to_dict())
-  ckpt_dir = os.path.join(out_dir, "checkpoints")
+  with RunDir.open(out_dir, command="train", log=log, refuse_finished=False) as rd, \
+       log_to(log):
+    _check_or_write_config(rd, config, log)
+    rd.check_data(hash_arrays(setup.x, setup.y), f"dataset {config.dataset!r}")
+    paths = _train_run(config, rd, setup, save_every, with_reference, progress, log,
+                       reference_keep)
+    rd.mark_finished()
+    return paths
+
+
+def _train_run(config, rd, setup, save_every, with_reference, progress, log, reference_keep):
+  from mia_jax.train import save_variables, train_model
+  out_dir = rd.path
+  ckpt_dir = rd.file("checkpoints")
+  rd.file("train_state")
 
   def on_epoch(epoch, variables):
     if (epoch + 1) % save_every == 0 or epoch + 1 == config.epochs:
@@ -249,7 +261,8 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
     from mia_jax.train import train_models
     ev = np.concatenate([setup.split.target_in, setup.split.target_out])
     keep = reference_keep(config, ev.size)
-    ref_dir = os.path.join(out_dir, "reference_checkpoints")
+    ref_dir = rd.file("reference_checkpoints")
+    rd.file("reference_train_state")
 
     def on_ref_epoch(epoch, variables):
       if (epoch + 1) % save_every == 0 or epoch + 1 == config.epochs:
@@ -271,15 +284,19 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   """Attacks every checkpoint of a run written by :func:`train_run` (or any directory of
   checkpoints of the same model, with ``checkpoints``), writes ``checkpoint_results.json``
   and ``checkpoints.png`` into ``run_dir`` and returns the results."""
-  import json
   import time
+
+  from mia_jax._io import read_json
   from mia_jax.audit import SCHEMA_VERSION, device_info, prepare, versions, write_json_atomic
-  run_dir = os.path.abspath(run_dir)
+  from mia_jax.rundir import RunDir, check_out_path
+  run_dir = check_out_path(run_dir, "run")
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.exists(cfg_path):
     raise MiaInputError(f"run: {run_dir} has no config.json (written by 'mia-jax train')")
-  with open(cfg_path) as f:
-    config = config_from_dict(json.load(f))
+  saved = read_json(cfg_path, "run")
+  if not isinstance(saved, dict):
+    raise MiaInputError(f"run: {cfg_path} is corrupt (not a mapping of options)")
+  config = config_from_dict(saved)
   from mia_jax.attacks.threshold import THRESHOLD_ATTACKS
   attacks = tuple(attacks)
   known = sorted(THRESHOLD_ATTACKS) + list(REFERENCE_ATTACKS) + list(CHECKPOINT_WHITEBOX)
@@ -321,6 +338,7 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
              "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],
              "timings": {"load": t1 - t0, "attack": time.perf_counter() - t1},
              "versions": versions(), "device": device_info()}
-  write_json_atomic(os.path.join(run_dir, "checkpoint_results.json"), results)
-  plot_checkpoint_metrics(metrics, names, os.path.join(run_dir, "checkpoints.png"))
+  with RunDir.open(run_dir, command="attack", log=log, refuse_finished=False) as rd:
+    write_json_atomic(rd.file("checkpoint_results.json"), results)
+    plot_checkpoint_metrics(metrics, names, rd.file("checkpoints.png"))
   return results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 from typing import Any, Sequence
@@ -76,7 +77,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
   p.add_argument("--config", default=None, metavar="FILE",
                  help="YAML file of options (docs/config.md); command-line options override it")
   arg("--out", key="out", help="run directory")
-  arg("--overwrite", key="overwrite", action="store_true", help="replace a finished run in --out")
+  arg("--overwrite", key="overwrite", action="store_true", help="replace a finished run in --out (removes only what mia-jax wrote there)")
   arg("--quiet", key="quiet", action="store_true", help="no progress bars or stage logs")
   arg("--no-report", key="report", action="store_false",
       help="do not write report.html / report.md")
@@ -152,36 +153,41 @@ def config_keys() -> tuple[str, ...]:
   return tuple(f.name for f in dataclasses.fields(AuditConfig)) + tuple(RUN_KEYS)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config_file(path: str) -> dict[str, Any]:
-  """Reads a YAML config (``yaml.safe_load``); unknown keys are an error naming them."""
+  """Reads a YAML config (``yaml.safe_load``, UTF-8, at most 1 MiB and
+  :data:`mia_jax.audit.MAX_OPTION_NODES` values once aliases expand); unknown keys are an
+  error naming them."""
   import yaml
+
+  from mia_jax.audit import check_size
   try:
-    with open(os.path.expanduser(path)) as f:
-      data = yaml.safe_load(f)
+    with open(os.path.expanduser(path), "rb") as f:
+      raw = f.read(MAX_CONFIG_BYTES + 1)
   except OSError as e:
     raise MiaInputError(f"--config: cannot read {path}: {e.strerror}") from e
-  except yaml.YAMLError as e:
+  if len(raw) > MAX_CONFIG_BYTES:
+    raise MiaInputError(f"--config: {path} is larger than {MAX_CONFIG_BYTES} bytes")
+  try:
+    data = yaml.safe_load(raw.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    raise MiaInputError(f"--config: {path} is not UTF-8 text ({e.reason} at byte "
+                        f"{e.start})") from e
+  except (yaml.YAMLError, RecursionError) as e:
     raise MiaInputError(f"--config: {path} is not valid YAML: {e}") from e
   if data is None:
     return {}
   if not isinstance(data, dict):
     raise MiaInputError(f"--config: {path} must hold a mapping of option: value")
+  check_size(data, f"--config {path}")
   data = {str(k).replace("-", "_"): v for k, v in data.items()}
   unknown = sorted(set(data) - set(config_keys()))
   if unknown:
     raise MiaInputError(f"--config: unknown key(s) {unknown} in {path}; valid keys: "
                         f"{sorted(config_keys())}")
   return data
-
-
-def _as_tuple(value, key):
-  if value is None:
-    return None
-  if isinstance(value, str):
-    return _csv(value)
-  if isinstance(value, (list, tuple)):
-    return tuple(str(v) for v in value)
-  raise MiaInputError(f"{key}: expected a list or a comma-separated string, got {value!r}")
 
 
 def audit_options(args) -> tuple[Any, dict[str, Any]]:
@@ -197,9 +203,11 @@ def audit_options(args) -> tuple[Any, dict[str, Any]]:
       merged[key] = {**merged.get(key, {}), **_key_values(given.pop(key), f"--{key}")}
   merged.update(given)
   run = {k: merged.pop(k, v) for k, v in RUN_KEYS.items()}
-  for key in ("attacks", "layers", "gradient_layers", "defenses"):
-    if key in merged:
-      merged[key] = _as_tuple(merged[key], key)
+  for key in ("overwrite", "quiet", "report"):
+    if not isinstance(run[key], bool):
+      raise MiaInputError(f"{key}: expected true or false, got {run[key]!r}")
+  from mia_jax.rundir import check_out_path
+  check_out_path(run["out"])
   try:
     return AuditConfig(**merged), run
   except TypeError as e:
@@ -258,21 +266,20 @@ def _cmd_audit(args) -> int:
   config, run = audit_options(args)
   console = Console(stderr=True, quiet=run["quiet"])
   log = (lambda s: None) if run["quiet"] else (lambda s: console.log(s))
+  kw = dict(overwrite=run["overwrite"], log=log, report=run["report"])
   if run["quiet"]:
-    results = run_audit(config, run["out"], overwrite=run["overwrite"], log=log)
+    results = run_audit(config, run["out"], **kw)
   else:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-      results = run_audit(config, run["out"], overwrite=run["overwrite"], progress=progress,
-                          log=log)
+      results = run_audit(config, run["out"], progress=progress, **kw)
   print_table(results, __import__("rich.console").console.Console())
-  out = os.path.abspath(run["out"])
+  out = os.path.abspath(os.path.expanduser(run["out"]))
   print(f"results written to {os.path.join(out, 'results.json')}")
   if run["report"]:
-    from mia_jax.report import write_report
-    html_path, md_path = write_report(out)
-    print(f"report written to {html_path} and {md_path}")
+    print(f"report written to {os.path.join(out, 'report.html')} and "
+          f"{os.path.join(out, 'report.md')}")
   return 0
 
 
@@ -369,18 +376,64 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _error(message: str) -> int:
+  print(f"mia-jax: error: {message}", file=sys.stderr)
+  return 2
+
+
+def _resource_message(e: BaseException) -> str | None:
+  """A user-facing message for running out of disk or memory (raised as many types by
+  the OS, XLA and orbax/tensorstore), or None."""
+  text = f"{type(e).__name__}: {e}"
+  disk = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+      k in text for k in ("No space left", "ENOSPC", "Disk quota"))
+  if disk:
+    return ("no space left on the device holding the run directory; free some space and "
+            "rerun the same command to resume")
+  if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ("out of memory (" + first + "); lower --microbatch-size, --batch-size, "
+            "--num-reference / --num-shadow (models trained at once) or the model's widths "
+            "(-M widths=...), then rerun the same command to resume")
+  return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status: 0, 2 for anything a user can cause
+  (bad input, unusable paths, no disk space or memory, corrupt files), 130 for Ctrl-C."""
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
     return args.func(args)
   except MiaInputError as e:
-    print(f"mia-jax: error: {e}", file=sys.stderr)
-    return 2
+    return _error(str(e))
   except KeyboardInterrupt:
     print("mia-jax: interrupted; rerun the same command to resume", file=sys.stderr)
     return 130
+  except OSError as e:
+    msg = _resource_message(e)
+    if msg is None:
+      where = f": {e.filename}" if e.filename else ""
+      msg = f"{e.strerror or e}{where}"
+    return _error(msg)
+  except Exception as e:  # noqa: BLE001 - only resource exhaustion is turned into a message
+    msg = _resource_message(e)
+    if msg is None:
+      raise
+    return _error(msg)
+
+
+def entry() -> None:
+  """The ``mia-jax`` console script: :func:`main`, then an immediate exit after an
+  interrupt (the interpreter's teardown while XLA or orbax threads are busy can crash;
+  every file is already complete or absent, so nothing is lost)."""
+  code = main()
+  if code == 130:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+  sys.exit(code)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -51,7 +51,8 @@ import optax
 
 from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
-from mia_jax.train import Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed, jax_key
+from mia_jax.train import (Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed,
+                           check_converging, jax_key)
 
 SAMPLINGS = ("poisson", "shuffle")
 
@@ -288,6 +289,7 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
     params, opt_state, loss = run(params, opt_state, jax.random.fold_in(key, e + 1), x_dev,
                                   y_dev, jnp.asarray(idx), jnp.asarray(w), clip_norm, noise_std)
     losses[e] = float(loss)
+    check_converging(losses[e:e + 1], "DP-SGD training", e + 1, config)
   return TrainResult({"params": params}, losses)
 
 

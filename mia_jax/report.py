@@ -24,11 +24,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
+from mia_jax._io import write_bytes_atomic
 from mia_jax._validation import MiaInputError
 
 __all__ = ["write_report", "PLOT_FILES"]
@@ -177,25 +177,31 @@ def _render_html(title: str, blocks: Sequence[_Block]) -> str:
   return "\n".join(out)
 
 
+def _md_text(text: Any) -> str:
+  """Text for markdown outside code blocks: markdown renders raw HTML, so names that come
+  from the data (a dataset called ``<img onerror=...>``) are escaped."""
+  return html.escape(str(text), quote=False)
+
+
 def _md_cell(c: Any) -> str:
-  return str(c).replace("|", "\\|").replace("\n", " ")
+  return _md_text(c).replace("|", "\\|").replace("\n", " ")
 
 
 def _render_md(blocks: Sequence[_Block]) -> str:
   out: list[str] = []
   for b in blocks:
     if b.kind == "h1":
-      out += [f"# {b.text}", ""]
+      out += [f"# {_md_text(b.text)}", ""]
     elif b.kind == "h2":
-      out += [f"## {b.text}", ""]
+      out += [f"## {_md_text(b.text)}", ""]
     elif b.kind == "h3":
-      out += [f"### {b.text}", ""]
+      out += [f"### {_md_text(b.text)}", ""]
     elif b.kind == "p":
-      out += [b.text, ""]
+      out += [_md_text(b.text), ""]
     elif b.kind == "note":
-      out += [f"*{b.text}*", ""]
+      out += [f"*{_md_text(b.text)}*", ""]
     elif b.kind == "warn":
-      out += [f"> **Note:** {b.text}", ""]
+      out += [f"> **Note:** {_md_text(b.text)}", ""]
     elif b.kind == "pre":
       out += ["```", b.text, "```", ""]
     elif b.kind == "table":
@@ -207,7 +213,7 @@ def _render_md(blocks: Sequence[_Block]) -> str:
     elif b.kind == "plot":
       alt = _md_cell(PLOT_FILES.get(b.plot.name, b.plot.name)).replace("]", "")
       out += [f"![{alt}](plots/{b.plot.name})", "",
-              f"*{b.plot.caption}*", ""]
+              f"*{_md_text(b.plot.caption)}*", ""]
     else:  # pragma: no cover - internal
       raise AssertionError(b.kind)
   return "\n".join(out)
@@ -875,25 +881,7 @@ def _environment_section(run: _Run, dpi: int) -> list[_Block]:
 # Entry point.
 # ---------------------------------------------------------------------------------------------
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-  d = os.path.dirname(path)
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=d)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a report is meant to be shared
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+_write_atomic = write_bytes_atomic
 
 
 def write_report(run_dir: str | os.PathLike, *, dpi: int = 100) -> tuple[str, str]:

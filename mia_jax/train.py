@@ -28,14 +28,26 @@ import numpy as np
 import optax
 
 from mia_jax._batching import on_cpu
+from mia_jax._io import hash_tree
 from mia_jax._validation import (MiaInputError, as_array, check_in_range, check_indices,
-                                 check_positive_int)
+                                 check_positive_int, check_seed)
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.sharding import (check_mesh, gather, replicate, replicated_sharding,
                               shard_stacked, stacked_sharding)
 
 Seed = int | Sequence[int]
 OPTIMIZERS = ("sgd", "momentum", "adam")
+KEEP_EPOCH_CHECKPOINTS = 2
+"""Epoch checkpoints kept while training: the newest, and the one before it to fall back
+to if the newest is found corrupt."""
+
+
+class CorruptCheckpointError(MiaInputError):
+  """A saved checkpoint cannot be read back, or its content differs from what was saved."""
+
+
+class TrainingDivergedError(MiaInputError):
+  """The training loss became NaN or infinite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +88,13 @@ class TrainConfig:
 
 
 def jax_key(seed: Seed) -> jax.Array:
-  """Typed PRNG key from an int or a tuple of ints (folded in order)."""
-  parts = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+  """Typed PRNG key from an int or a tuple of ints (folded in order), each in [0, 2**32).
+
+  Raises:
+    MiaInputError: ``seed`` is not such an int or a non-empty tuple of them.
+  """
+  seed = check_seed(seed)
+  parts = (seed,) if isinstance(seed, int) else seed
   key = jax.random.key(int(parts[0]))
   for p in parts[1:]:
     key = jax.random.fold_in(key, int(p))
@@ -85,6 +102,7 @@ def jax_key(seed: Seed) -> jax.Array:
 
 
 def _np_seed(seed: Seed):
+  seed = check_seed(seed)
   return int(seed) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
 
 
@@ -210,6 +228,11 @@ def _progress(progress, total: int, description: str):
   return (lambda: progress.advance(task)), (lambda: progress.remove_task(task))
 
 
+def _check_not_empty(x: np.ndarray) -> None:
+  if x.shape[0] == 0:
+    raise MiaInputError(f"x: expected at least one training example, got shape {x.shape}")
+
+
 def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
                 seed: Seed = 0, indices=None, init_variables: Variables | None = None,
                 progress=None, description: str = "training", checkpoint_dir=None,
@@ -221,8 +244,10 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     x: float[N, *model.input_shape] training inputs (all candidates).
     y: int[N] labels.
     config: the recipe.
-    seed: int or tuple of ints; fixes initialization, shuffling and dropout.
-    indices: optional int[n] subset of rows of x to train on (default: all).
+    seed: int or non-empty tuple of ints, each in [0, 2**32); fixes initialization,
+      shuffling and dropout.
+    indices: optional rows of x to train on (default: all): distinct row numbers
+      int[n] (floats are refused, even integer-valued ones), or a boolean mask bool[N].
     init_variables: start from these instead of a fresh initialization.
     progress: optional ``rich.progress.Progress`` to show one bar (epochs).
     description: label of the progress bar.
@@ -237,7 +262,9 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
   Returns:
     TrainResult(variables, losses[epochs]).
   """
+  seed = check_seed(seed)
   x, y = model.check_inputs(x, y)
+  _check_not_empty(x)
   indices = check_indices(indices, x.shape[0])
   keep = np.zeros((1, x.shape[0]), bool)
   keep[0, indices] = True
@@ -257,7 +284,7 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     x: float[N, *input_shape]; y: int[N].
     keep: bool[M, N] membership matrix.
     config: the recipe.
-    seed: base seed; model m uses ``(seed, m)``.
+    seed: base seed, an int in [0, 2**32); model m uses ``(seed, m)``.
     init_variables: optional stacked variables (leading axis M) to start from.
     progress: optional ``rich.progress.Progress``.
     checkpoint_dir, checkpoint_every, on_epoch: as in :func:`train_model` (the whole
@@ -270,7 +297,9 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     TrainResult with stacked variables (every leaf has leading axis M; sharded over
     ``mesh`` when given) and losses[M, epochs].
   """
+  seed = check_seed(seed, allow_tuple=False)
   x, y = model.check_inputs(x, y)
+  _check_not_empty(x)
   keep = as_array(keep, "keep")
   if keep.ndim != 2 or keep.shape[1] != x.shape[0]:
     raise MiaInputError(f"keep: expected bool[M, {x.shape[0]}] to match x, got shape {keep.shape}")
@@ -289,26 +318,75 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
                 True, checkpoint_dir, checkpoint_every, on_epoch, mesh)
 
 
-def _latest_epoch_checkpoint(checkpoint_dir) -> tuple[int, str | None]:
-  """(epochs completed, path) of the newest complete epoch checkpoint, or (0, None)."""
+def _epoch_checkpoints(checkpoint_dir) -> list[tuple[int, str]]:
+  """(epochs completed, path) of the complete epoch checkpoints, newest first."""
   if checkpoint_dir is None or not os.path.isdir(checkpoint_dir):
-    return 0, None
+    return []
   done = [int(n.split("-")[1]) for n in os.listdir(checkpoint_dir)
           if n.startswith("epoch-") and n.split("-")[1].isdigit()
           and os.path.isdir(os.path.join(checkpoint_dir, n, "state"))]
-  if not done:
-    return 0, None
-  e = max(done)
-  return e, os.path.join(checkpoint_dir, f"epoch-{e:06d}")
+  return [(e, os.path.join(checkpoint_dir, f"epoch-{e:06d}")) for e in sorted(done, reverse=True)]
 
 
 def _save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) -> None:
   path = os.path.join(checkpoint_dir, f"epoch-{epoch:06d}")
   save_variables(path, {"state": state, "losses": losses}, overwrite=True,
                  metadata={"epoch": epoch, "fingerprint": fingerprint})
-  for n in os.listdir(checkpoint_dir):  # keep only the newest
-    if n.startswith("epoch-") and n != os.path.basename(path):
+  for _, old in _epoch_checkpoints(checkpoint_dir)[KEEP_EPOCH_CHECKPOINTS:]:
+    shutil.rmtree(old, ignore_errors=True)
+  for n in os.listdir(checkpoint_dir):  # a save interrupted by kill -9
+    if n.startswith(".tmp-"):
       shutil.rmtree(os.path.join(checkpoint_dir, n), ignore_errors=True)
+
+
+def _resume_state(checkpoint_dir, like, fingerprint, description):
+  """(epochs done, saved state or None): the newest epoch checkpoint of this training run
+  that reads back intact. A corrupt one is reported, removed and the one before it used;
+  one of another run (recipe, seeds, data or model) is an error."""
+  for epoch, path in _epoch_checkpoints(checkpoint_dir):
+    try:
+      saved, meta = load_variables(path, like=like)
+    except CorruptCheckpointError as e:
+      _log(f"{description}: the epoch-{epoch} training checkpoint is corrupt ({e}); "
+           "removing it and resuming from the one before")
+      shutil.rmtree(path, ignore_errors=True)
+      continue
+    except MiaInputError as e:
+      raise MiaInputError(
+          f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of a different training run "
+          f"({e}); remove it or choose another directory") from e
+    if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+      raise MiaInputError(
+          f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of a different training run "
+          "(other recipe, seeds, data or model); remove it or choose another directory")
+    return epoch, saved
+  return 0, None
+
+
+_LOGGERS: list = []
+
+
+def _log(message: str) -> None:
+  """Says something about training state (a corrupt checkpoint skipped) through the
+  logger of the enclosing :func:`log_to` block, else as a warning."""
+  if _LOGGERS:
+    _LOGGERS[-1](message)
+  else:
+    import warnings
+    warnings.warn(message, stacklevel=3)
+
+
+class log_to:  # noqa: N801 - used as a context manager, like a function
+  """Routes this module's messages (checkpoint fallbacks) to ``log`` inside the block."""
+
+  def __init__(self, log):
+    self.log = log
+
+  def __enter__(self):
+    _LOGGERS.append(self.log)
+
+  def __exit__(self, *exc):
+    _LOGGERS.pop()
 
 
 def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked,
@@ -336,19 +414,18 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
   losses = np.zeros((m_count, config.epochs), np.float32)
   check_positive_int(checkpoint_every, "checkpoint_every")
-  fingerprint = {"config": dataclasses.asdict(config), "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
-                 "keep_sum": int(keep.sum()), "keep_hash": int(np.packbits(keep).astype(np.int64).sum()),
-                 "model": repr(dict(model.spec))}
-  start, ckpt = _latest_epoch_checkpoint(checkpoint_dir)
-  if ckpt is not None:
+  start, saved = 0, None
+  if checkpoint_dir is not None:
+    from mia_jax._io import hash_arrays
+    fingerprint = {"config": dataclasses.asdict(config),
+                   "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
+                   "keep": hash_arrays(keep), "data": hash_arrays(x, y),
+                   "model": repr(dict(model.spec))}
     like = {"state": (params, other, opt_state), "losses": losses}
-    saved, meta = load_variables(ckpt, like=like)
-    if meta.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-      raise MiaInputError(
-          f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of a different training run "
-          "(other recipe, seeds, data or model); remove it or choose another directory")
+    start, saved = _resume_state(checkpoint_dir, like, fingerprint, description)
+  if saved is not None:
     params, other, opt_state = saved["state"]
-    losses = np.asarray(saved["losses"])
+    losses = np.array(saved["losses"])
     for _ in range(start):  # replay the host shuffles so epoch `start` sees the same order
       for r, idx in zip(rngs, members):
         _epoch_schedule(r, idx, config.batch_size, num_steps)
@@ -371,6 +448,7 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
       idx, w, ekey = jnp.asarray(sched[0].idx), jnp.asarray(sched[0].weight), epoch_keys[0]
     params, other, opt_state, loss = run(params, other, opt_state, ekey, x_dev, y_dev, idx, w)
     losses[:, e] = (np.asarray(loss) if mesh is None else gather(loss)).reshape(-1)
+    check_converging(losses[:, e], description, e + 1, config)
     if checkpoint_dir is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == config.epochs):
       _save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
     if on_epoch is not None:
@@ -379,6 +457,17 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
   close()
   variables = {"params": params, **other}
   return TrainResult(variables, losses if stacked else losses[0])
+
+
+def check_converging(epoch_losses, description: str, epoch: int, config: TrainConfig) -> None:
+  """Raises :class:`TrainingDivergedError` if any model's mean loss of this epoch is NaN/inf."""
+  bad = np.flatnonzero(~np.isfinite(np.asarray(epoch_losses)))
+  if bad.size:
+    which = "" if np.size(epoch_losses) == 1 else f" (model(s) {bad[:8].tolist()} of the stack)"
+    raise TrainingDivergedError(
+        f"training diverged: {description}: the loss became NaN/inf in epoch {epoch} of "
+        f"{config.epochs}{which}; lower learning_rate (now {config.learning_rate}) or check "
+        "the data for extreme values")
 
 
 def accuracy(model: LayeredModel, variables: Variables, x, y, *, microbatch_size: int = 1024) -> float:
@@ -391,11 +480,16 @@ def accuracy(model: LayeredModel, variables: Variables, x, y, *, microbatch_size
 # -- checkpoints (orbax) -----------------------------------------------------------------
 
 def save_variables(path: str | os.PathLike, variables: Variables, *, metadata: dict | None = None,
-                   overwrite: bool = False) -> None:
+                   overwrite: bool = False) -> str:
   """Saves a variables pytree (single or stacked) with orbax, plus ``metadata.json``.
 
   The checkpoint is written into a temporary sibling directory and renamed into place,
-  so an interrupted save never leaves a half-written checkpoint at ``path``.
+  so an interrupted save never leaves a half-written checkpoint at ``path``. The
+  checkpoint records the sha256 of its content (``content.sha256``), which
+  :func:`load_variables` checks.
+
+  Returns:
+    That sha256.
   """
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
@@ -406,32 +500,63 @@ def save_variables(path: str | os.PathLike, variables: Variables, *, metadata: d
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
   try:
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(tmp, "state"), jax.tree.map(np.asarray, variables))
-    ckpt.wait_until_finished()
+    host = jax.tree.map(np.asarray, variables)
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(os.path.join(tmp, "state"), host)
+      ckpt.wait_until_finished()
     with open(os.path.join(tmp, "metadata.json"), "w") as f:
       json.dump(metadata or {}, f, indent=2, sort_keys=True)
+    digest = hash_tree(host)
+    with open(os.path.join(tmp, HASH_FILE), "w") as f:
+      f.write(digest + "\n")
     if os.path.exists(path):
       shutil.rmtree(path)
     os.replace(tmp, path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  return digest
+
+
+HASH_FILE = "content.sha256"
+"""File in a checkpoint holding the sha256 of its content (:func:`mia_jax._io.hash_tree`)."""
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str | None:
+  """The content hash recorded in the checkpoint at ``path`` (None for one without)."""
+  try:
+    with open(os.path.join(os.fspath(path), HASH_FILE), "rb") as f:
+      return f.read().decode("ascii", "replace").strip()
+  except FileNotFoundError:
+    return None
 
 
 def load_variables(path: str | os.PathLike, *, like: Variables | None = None) -> tuple[Variables, dict]:
   """Loads (variables, metadata) saved by :func:`save_variables`.
 
+  The content is checked against the sha256 recorded at save time.
+
   Args:
     path: checkpoint directory.
     like: optional pytree with the expected structure/shapes; a mismatch is an error.
+  Raises:
+    MiaInputError: not a checkpoint, or another structure than ``like``.
+    CorruptCheckpointError: unreadable, truncated, or content changed since it was saved.
   """
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   state = os.path.join(path, "state")
   if not os.path.isdir(state):
     raise MiaInputError(f"path: {path} is not a mia-jax checkpoint (no 'state' directory)")
+  metadata = _read_metadata(path)
   ckpt = ocp.StandardCheckpointer()
+  try:
+    return _restore(ckpt, path, state, like, metadata)
+  finally:
+    ckpt.close()  # its threads and event loop, also after a failed restore
+
+
+def _restore(ckpt, path, state, like, metadata):
   try:
     if like is not None:
       abstract = jax.tree.map(
@@ -440,17 +565,48 @@ def load_variables(path: str | os.PathLike, *, like: Variables | None = None) ->
       variables = ckpt.restore(state, abstract)
     else:
       variables = ckpt.restore(state)
-  except (ValueError, KeyError) as e:
-    raise MiaInputError(f"path: checkpoint {path} does not match the expected structure: {e}") from e
+  except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many types on bad files
+    intact = None
+    if like is not None:  # another structure, or a damaged checkpoint? Read it as saved.
+      try:
+        intact = ckpt.restore(state)
+      except Exception:  # noqa: BLE001
+        intact = None
+    if intact is None:
+      raise CorruptCheckpointError(f"path: checkpoint {path} cannot be read back: "
+                                   f"{type(e).__name__}: {_first_line(e)}") from e
+    raise MiaInputError(f"path: checkpoint {path} does not match the expected structure: "
+                        f"{_first_line(e)}") from e
   if like is not None:
     for (kp, want), got in zip(jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(variables)):
       if tuple(np.shape(want)) != tuple(np.shape(got)):
         raise MiaInputError(
             f"path: checkpoint {path} has shape {tuple(np.shape(got))} at "
             f"{jax.tree_util.keystr(kp)}, expected {tuple(np.shape(want))}")
-  meta_path = os.path.join(path, "metadata.json")
-  metadata = {}
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      metadata = json.load(f)
+  want = checkpoint_hash(path)
+  if want is not None and hash_tree(variables) != want:
+    raise CorruptCheckpointError(f"path: checkpoint {path} is corrupt: its content differs "
+                                 "from what was saved (sha256 mismatch)")
   return variables, metadata
+
+
+def _read_metadata(path: str) -> dict:
+  meta_path = os.path.join(path, "metadata.json")
+  if not os.path.exists(meta_path):
+    return {}
+  try:
+    with open(meta_path, "rb") as f:
+      metadata = json.loads(f.read().decode("utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CorruptCheckpointError(f"path: checkpoint {path} has a corrupt metadata.json "
+                                 f"({_first_line(e)})") from e
+  if not isinstance(metadata, dict):
+    raise CorruptCheckpointError(f"path: checkpoint {path} has a corrupt metadata.json "
+                                 "(not a mapping)")
+  return metadata
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:300] if text else type(e).__name__
+

@@ -26,15 +26,19 @@ def _metrics(path):
           for k, v in res["attacks"].items()}, res["target"]
 
 
-@pytest.mark.slow
-def test_kill_9_mid_training_then_resume_gives_same_results(tmp_path):
-  reference = tmp_path / "uninterrupted"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  reference = tmp_path_factory.mktemp("resume") / "uninterrupted"
   assert _audit(reference).returncode == 0
+  return reference
 
-  run = tmp_path / "interrupted"
-  proc = _audit(run, wait=False)
-  # Kill as soon as the reference-model stack (trained after the target) has saved an epoch:
-  # the target is finished, the stack is mid-training.
+
+def _interrupt_during_reference_training(run, sig):
+  """Starts the audit and sends ``sig`` as soon as the reference-model stack (trained
+  after the target) has saved an epoch: the target is finished, the stack mid-training."""
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mia_jax.cli", *ARGS, "--out", str(run)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   stack_dir = run / "checkpoints" / "reference"
   deadline = time.time() + 600
   while time.time() < deadline and proc.poll() is None:
@@ -42,15 +46,37 @@ def test_kill_9_mid_training_then_resume_gives_same_results(tmp_path):
       break
     time.sleep(0.05)
   assert proc.poll() is None, "the run finished before it could be interrupted"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  os.kill(proc.pid, sig)
+  _, stderr = proc.communicate(timeout=120)
   assert not (run / "results.json").exists()
   assert (run / "target").is_dir()
+  return proc.returncode, stderr
 
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_resume_gives_same_results(tmp_path, uninterrupted):
+  run = tmp_path / "interrupted"
+  code, _ = _interrupt_during_reference_training(run, signal.SIGKILL)
+  assert code == -signal.SIGKILL
   out = _audit(run)
   assert out.returncode == 0, out.stderr
-  assert _metrics(run) == _metrics(reference)
+  assert _metrics(run) == _metrics(uninterrupted)
   assert not (run / "checkpoints").exists()  # cleaned up once finished
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_training_exits_130_cleanly_and_resumes(tmp_path, uninterrupted):
+  """SIGINT (Ctrl-C) during reference training: exit status 130 with one line, no crash
+  at exit, the lock released; the rerun resumes to the same results."""
+  run = tmp_path / "interrupted"
+  code, stderr = _interrupt_during_reference_training(run, signal.SIGINT)
+  assert code == 130, stderr
+  assert "interrupted; rerun the same command to resume" in stderr
+  assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr
+  assert not (run / ".mia-jax-lock").exists()
+  out = _audit(run)
+  assert out.returncode == 0, out.stderr
+  assert _metrics(run) == _metrics(uninterrupted)
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
