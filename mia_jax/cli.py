@@ -4,6 +4,8 @@ Subcommands:
   audit    train a target on a dataset, run the attacks, print a table, write results.json
            and report.html / report.md
   report   rebuild report.html / report.md of a run directory
+  score    run the black-box attacks on a model's outputs alone (an .npz of logits or
+           losses), write results.json, scores.npz and the report
 """
 
 from __future__ import annotations
@@ -328,6 +330,93 @@ def _cmd_attack(args) -> int:
   return 0
 
 
+SCORE_EPILOG = """\
+keys of SIGNALS.npz (np.savez; read with allow_pickle=False; any other key is an error):
+  logits          float[N, K]     the target's outputs on the N examples (or `losses`)
+  losses          float[N]        instead of logits: per-example losses (loss attack only)
+  labels          int[N]          true classes in [0, K) (required with logits)
+  is_member       bool[N]         example i is in the target's training set (both kinds)
+  ref_logits      float[M, N, K]  M reference models' outputs on the same examples (LiRA)
+  keep            bool[M, N]      keep[m, i]: example i in reference model m's training set
+  pop_logits      float[Z, K]     the target's outputs on Z population examples (RMIA)
+  pop_labels      int[Z]          their classes
+  pop_ref_logits  float[M, Z, K]  the reference models' outputs on them
+  output          str             logits | probs | log_probs (as --output)
+Every attack the keys allow runs: loss, confidence, entropy, modified_entropy,
+correctness; with ref_logits + keep also lira, lira-offline, lira-fixed-variance; with
+the population also rmia, rmia-offline. See docs/score.md.
+"""
+
+
+def _cmd_score(args) -> int:
+  from rich.console import Console
+  from rich.table import Table
+
+  from mia_jax.evaluate import evaluate, load_signals
+  console = Console(stderr=True, quiet=args.quiet)
+  inputs = load_signals(args.signals)
+  if args.output is not None:
+    if inputs.get("output", args.output) != args.output:
+      raise MiaInputError(f"output: --output {args.output} but {args.signals} says "
+                          f"output={inputs['output']!r}; give one")
+    inputs["output"] = args.output
+  if "is_member" not in inputs:
+    raise MiaInputError(f"is_member: {args.signals} has no 'is_member' array (bool[N])")
+  res = evaluate(**inputs, attacks=_csv(args.attacks) if args.attacks else None,
+                 rmia_offline_a=args.rmia_offline_a, microbatch_size=args.microbatch_size,
+                 name=os.path.basename(args.signals), out=args.out, overwrite=args.overwrite,
+                 report=args.report, dpi=args.dpi, log=lambda s: console.log(s))
+  for name, why in res.skipped.items():
+    console.log(f"not run: {name} ({why})")
+  out = Console()
+  t = res.results.get("target")
+  if t:
+    out.print(f"target: train accuracy {t['train_accuracy']:.4f}, test accuracy "
+              f"{t['test_accuracy']:.4f} ({os.path.basename(args.signals)})")
+  table = Table(title="membership inference (higher AUC = more leakage)")
+  for col in ("attack", "AUC", "balanced acc.", "TPR@1%FPR", "TPR@0.1%FPR"):
+    table.add_column(col, justify="left" if col == "attack" else "right")
+  for r in res.metrics:
+    table.add_row(r["attack"], f"{r['auc']:.4f}", f"{r['balanced_accuracy']:.4f}",
+                  f"{r['tpr@0.01']:.4f}", f"{r['tpr@0.001']:.4f}")
+  out.print(table)
+  path = os.path.abspath(os.path.expanduser(args.out))
+  print(f"results written to {os.path.join(path, 'results.json')}")
+  if args.report:
+    print(f"report written to {os.path.join(path, 'report.html')} and "
+          f"{os.path.join(path, 'report.md')}")
+  return 0
+
+
+def _add_score_parser(sub) -> argparse.ArgumentParser:
+  p = sub.add_parser(
+      "score", help="attack a model from its outputs alone (an .npz of logits or losses)",
+      description="Run every black-box attack the given outputs allow (threshold attacks;\n"
+                  "LiRA with reference models; RMIA with a population too) with the audit's\n"
+                  "own functions, print a summary table and write results.json, scores.npz,\n"
+                  "report.html and report.md into --out (a run directory: locked, atomic,\n"
+                  "--overwrite removes only what mia-jax wrote).",
+      epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("signals", metavar="SIGNALS.npz", help="the outputs (keys below)")
+  p.add_argument("--out", required=True, help="run directory")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a finished run in --out (removes only what mia-jax wrote there)")
+  p.add_argument("--output", choices=["logits", "probs", "log_probs"], default=None,
+                 help="what the output arrays hold (default: logits; arrays that look like "
+                      "probabilities or log-probabilities are then an error)")
+  p.add_argument("--attacks", default=None,
+                 help="comma-separated attacks (default: every attack the keys allow)")
+  p.add_argument("--rmia-offline-a", type=float, default=0.3,
+                 help="offline RMIA's a in P_IN ~ a P_OUT + (1 - a)")
+  p.add_argument("--microbatch-size", type=int, default=1024,
+                 help="examples per compiled chunk in signal passes (memory bound)")
+  p.add_argument("--no-report", dest="report", action="store_false",
+                 help="do not write report.html / report.md")
+  p.add_argument("--dpi", type=int, default=100, help="resolution of the report's plots")
+  p.add_argument("--quiet", action="store_true", help="no log messages")
+  return p
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="mia-jax",
@@ -373,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("run_dir", help="a directory written by 'mia-jax audit'")
   p.add_argument("--dpi", type=int, default=100, help="resolution of the plots")
   p.set_defaults(func=_cmd_report)
+  _add_score_parser(sub).set_defaults(func=_cmd_score)
   return parser
 
 
