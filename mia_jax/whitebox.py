@@ -103,6 +103,8 @@ def _check_layers(model: LayeredModel, layers) -> tuple[str, ...]:
     raise MiaInputError(
         f"layers: {model.stage_names[-1]!r} is the output; choose among "
         f"{list(model.layer_names[:-1])}")
+  if hasattr(model, "check_cut"):  # an adapted model: every tap must be a cut
+    model.check_cut(layers)
   return layers
 
 
@@ -221,6 +223,17 @@ def _compiled_scores(model, layers, path_steps, centered, stacked):
 def _check_proxy(model: LayeredModel, target_variables, proxy_variables, layer: str,
                  lead: int) -> None:
   """The proxy's upper part must have the target's upper architecture (plus a P axis)."""
+  if not hasattr(model, "_index"):  # an adapted model: proxies carry the whole variables
+    want, got = jax.tree.structure(target_variables), jax.tree.structure(proxy_variables)
+    if want != got:
+      raise MiaInputError(f"proxy_variables[{layer!r}]: the proxies' variables do not have "
+                          "the target's structure: proxy and target must share the model")
+    for a, b in zip(jax.tree.leaves(target_variables), jax.tree.leaves(proxy_variables)):
+      if tuple(np.shape(a))[lead:] != tuple(np.shape(b))[lead + 1:]:
+        raise MiaInputError(
+            f"proxy_variables[{layer!r}]: a proxy variable has shape {np.shape(b)}, expected "
+            f"[P, {', '.join(map(str, np.shape(a)[lead:]))}] (leading axis: proxies)")
+    return
   upper = model.stage_names[model._index(layer):]
   for col, tree in target_variables.items():
     want = {name: tree[name] for name in upper if name in tree}

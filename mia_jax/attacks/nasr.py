@@ -129,13 +129,15 @@ def _get(tree, path):
 
 def check_layers(model: LayeredModel, layers: Sequence[str] | None) -> tuple[str, ...]:
   """The stages to take gradients of (default: the last); errors name bad ones."""
+  # A built-in model's stages; an adapted model's top-level parameter groups (submodules)
+  stages = getattr(model, "param_stages", None) or model.stage_names
   if layers is None:
-    return (model.stage_names[-1],)
+    return (stages[-1],)
   layers = tuple(layers)
-  bad = [l for l in layers if l not in model.stage_names]
+  bad = [l for l in layers if l not in stages]
   if bad:
     raise MiaInputError(f"layers: model {model.name!r} has no parameter stage(s) {bad}; its "
-                        f"stages are {list(model.stage_names)}")
+                        f"stages are {list(stages)}")
   if len(set(layers)) != len(layers):
     raise MiaInputError(f"layers: duplicate stage names in {list(layers)}")
   params = model._abstract_variables()["params"]

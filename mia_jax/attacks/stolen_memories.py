@@ -151,6 +151,8 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
                        description=f"proxies for {layer}",
                        checkpoint_dir=None if work_dir is None else os.path.join(work_dir, layer))
     variables[layer] = res.variables
+    if hasattr(model, "freeze_below"):  # an adapted model: the part below is the target's
+      variables[layer] = model.freeze_below(layer, res.variables, target_variables)
   return Proxies(variables, means)
 
 

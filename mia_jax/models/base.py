@@ -111,27 +111,8 @@ class LayeredModel:
     return self.sub(i, None, input_shape=shape)
 
   def check_inputs(self, x, y=None):
-    """Validates inputs for this model: x float[N, *input_shape], y int[N] in range.
-
-    Returns (x as float32, y as int32 or None); raises MiaInputError before any compute.
-    Complex x or y are refused (a cast would drop the imaginary part silently).
-    """
-    x = as_array(x, "x")  # refuses object and complex arrays
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-            or x.dtype == bool):
-      raise MiaInputError(f"x: expected real numbers, got dtype={x.dtype}")
-    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(self.input_shape):
-      raise MiaInputError(
-          f"x: expected shape [N, {', '.join(map(str, self.input_shape))}] for model "
-          f"{self.name!r}, got {x.shape}")
-    x = x.astype(np.float32)
-    check_finite(x, "x")
-    if y is None:
-      return x, None
-    y = check_labels(y, self.num_classes, "y")
-    if y.shape[0] != x.shape[0]:
-      raise MiaInputError(f"y: expected {x.shape[0]} labels to match x, got {y.shape[0]}")
-    return x, y
+    """Validates inputs for this model (see :func:`check_model_inputs`)."""
+    return check_model_inputs(self, x, y)
 
   # -- variables ---------------------------------------------------------------------
   def init(self, key: jax.Array) -> Variables:
@@ -214,6 +195,30 @@ class LayeredModel:
         lambda v, x: self.features(v, x), self._abstract_variables(),
         jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32))
     return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+
+
+def check_model_inputs(model, x, y=None):
+  """Validates inputs for ``model``: x float[N, *model.input_shape], y int[N] in range.
+
+  Returns (x as float32, y as int32 or None); raises MiaInputError before any compute.
+  Complex x or y are refused (a cast would drop the imaginary part silently).
+  """
+  x = as_array(x, "x")  # refuses object and complex arrays
+  if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+          or x.dtype == bool):
+    raise MiaInputError(f"x: expected real numbers, got dtype={x.dtype}")
+  if x.ndim < 1 or tuple(x.shape[1:]) != tuple(model.input_shape):
+    raise MiaInputError(
+        f"x: expected shape [N, {', '.join(map(str, model.input_shape))}] for model "
+        f"{model.name!r}, got {x.shape}")
+  x = x.astype(np.float32)
+  check_finite(x, "x")
+  if y is None:
+    return x, None
+  y = check_labels(y, model.num_classes, "y")
+  if y.shape[0] != x.shape[0]:
+    raise MiaInputError(f"y: expected {x.shape[0]} labels to match x, got {y.shape[0]}")
+  return x, y
 
 
 def stack_variables(trees) -> Variables:
