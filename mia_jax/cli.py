@@ -313,10 +313,19 @@ def _cmd_attack(args) -> int:
   from rich.console import Console
   from rich.table import Table
 
-  from mia_jax.checkpoints import attack_run
   console = Console(stderr=True, quiet=args.quiet)
-  res = attack_run(args.run, checkpoints=args.checkpoints, attacks=_csv(args.attacks),
-                   microbatch_size=args.microbatch_size, log=lambda s: console.log(s))
+  log = lambda s: console.log(s)  # noqa: E731
+  if args.model is not None:
+    res, out = _attack_user_model(args, log)
+  else:
+    if args.run is None:
+      raise MiaInputError("attack: give --run DIR (a run of 'mia-jax train'), or --model "
+                          "MODULE:FACTORY with --checkpoints, --dataset, --members and "
+                          "--nonmembers (your own model and checkpoints)")
+    from mia_jax.checkpoints import attack_run
+    res = attack_run(args.run, checkpoints=args.checkpoints, attacks=_csv(args.attacks),
+                     microbatch_size=args.microbatch_size, log=log)
+    out = os.path.abspath(args.run)
   table = Table(title="membership inference per checkpoint")
   attacks = list(res["checkpoints"][0]["attacks"])
   for col in ["checkpoint", "train acc.", "test acc."] + [f"{a} AUC" for a in attacks]:
@@ -325,9 +334,48 @@ def _cmd_attack(args) -> int:
     table.add_row(c["name"], f"{c['train_accuracy']:.3f}", f"{c['test_accuracy']:.3f}",
                   *[f"{c['attacks'][a]['auc']:.4f}" for a in attacks])
   Console().print(table)
-  print(f"results written to {os.path.join(os.path.abspath(args.run), 'checkpoint_results.json')}"
-        " and checkpoints.png")
+  print(f"results written to {os.path.join(out, 'checkpoint_results.json')} and checkpoints.png")
   return 0
+
+
+def _attack_user_model(args, log):
+  """``mia-jax attack --model MODULE:FACTORY ...``: the user's model and checkpoints."""
+  import jax
+
+  from mia_jax.attack_model import ATTACKS, attack_model, load_factory, read_indices
+  from mia_jax.data import load_dataset
+  from mia_jax.foreign import load_foreign_stack
+  from mia_jax.rundir import check_out_path
+  from mia_jax.train import TrainConfig
+  missing = [f for f in ("checkpoints", "dataset", "members", "nonmembers", "out")
+             if getattr(args, f) is None]
+  if missing:
+    raise MiaInputError(f"attack --model: also give {', '.join('--' + m for m in missing)}")
+  out = check_out_path(args.out)
+  attacks = _csv(args.attacks) if args.attacks_given else ATTACKS
+  tcfg = TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
+                     epochs=args.epochs, batch_size=args.batch_size)
+  sys.path.insert(0, os.getcwd())  # a factory module beside the user's code
+  model = load_factory(args.model)
+  dataset = args.dataset
+  if dataset.endswith(".npz") or os.sep in dataset:
+    dataset = os.path.abspath(os.path.expanduser(dataset))
+  ds = load_dataset(dataset, **_key_values(args.dataset_option, "--dataset-option"))
+  x, y = ds.all_x(), ds.all_y()
+  members = read_indices(args.members, x.shape[0], "members")
+  nonmembers = read_indices(args.nonmembers, x.shape[0], "nonmembers")
+  aux = None if args.auxiliary is None else read_indices(args.auxiliary, x.shape[0], "auxiliary")
+  like = jax.eval_shape(model.init, jax.random.key(0))
+  stacked, names = load_foreign_stack(args.checkpoints, like=like, item=args.item)
+  log(f"loaded {len(names)} checkpoints of {model.name} from {args.checkpoints}")
+  res = attack_model(model, stacked, x, y, members=members, nonmembers=nonmembers,
+                     auxiliary=aux, stacked=True, names=names, attacks=attacks,
+                     train_config=tcfg, whitebox_layers=args.layers,
+                     gradient_layers=args.gradient_layers, seed=args.seed,
+                     microbatch_size=args.microbatch_size, out=out, overwrite=args.overwrite,
+                     report=args.report, dataset_name=ds.name if dataset == args.dataset
+                     else dataset, log=log)
+  return res, out
 
 
 SCORE_EPILOG = """\
@@ -438,23 +486,67 @@ def build_parser() -> argparse.ArgumentParser:
                       "every checkpoint")
   p.set_defaults(func=_cmd_train)
   p = sub.add_parser(
-      "attack", help="attack every checkpoint of a training run in one compiled pass",
-      description="Load every checkpoint of a run written by 'mia-jax train' (or --checkpoints "
-                  "DIR of the same model), stack them, compute the signals of all of them in "
-                  "one vmapped compiled call (microbatched) and score each requested attack on "
-                  "each; write checkpoint_results.json and checkpoints.png (AUC and TPR at 0.1% "
-                  "FPR against checkpoint index) into the run directory.")
-  p.add_argument("--run", required=True, help="run directory written by 'mia-jax train'")
+      "attack", help="attack every checkpoint of a training run, or of your own model",
+      description="Two ways. (1) --run DIR: every checkpoint of a run written by 'mia-jax "
+                  "train' (or --checkpoints DIR of the same model), stacked, signals of all "
+                  "of them in one vmapped compiled pass. (2) --model MODULE:FACTORY "
+                  "--checkpoints DIR --dataset D --members F --nonmembers F --out DIR: your "
+                  "own model (the factory returns mia_jax.models.from_linen(...) / "
+                  "from_nnx(...)) and your own orbax checkpoints (StandardCheckpointer / "
+                  "PyTreeCheckpointer directories or CheckpointManager steps; a TrainState's "
+                  "params and batch_stats are picked), with the black-box and white-box "
+                  "attacks on every checkpoint. Writes checkpoint_results.json, "
+                  "checkpoints.png (leakage against checkpoint) and, with --model, "
+                  "scores.npz (per-example scores of every checkpoint) and the report of "
+                  "the last checkpoint.")
+  p.add_argument("--run", default=None, help="run directory written by 'mia-jax train'")
   p.add_argument("--checkpoints", default=None,
-                 help="directory of checkpoints (default: RUN/checkpoints) or one stacked checkpoint")
-  p.add_argument("--attacks", default="loss,confidence,entropy,modified_entropy",
-                 help="comma-separated attacks: threshold attacks (loss, confidence, entropy, "
-                      "modified_entropy, correctness) and, for runs trained with "
-                      "--with-reference, lira, lira-offline, lira-fixed-variance, rmia, "
-                      "rmia-offline (checkpoint c against the reference models of the same "
-                      "epoch), and the white-box gradient-norm (per stage and total)")
+                 help="directory of checkpoints (default with --run: RUN/checkpoints), one "
+                      "stacked checkpoint, or (with --model) your orbax checkpoints")
+  p.add_argument("--attacks", default=None,
+                 help="comma-separated attacks. With --run: threshold attacks (loss, "
+                      "confidence, entropy, modified_entropy, correctness; default the first "
+                      "four) and, for runs trained with --with-reference, lira, lira-offline, "
+                      "lira-fixed-variance, rmia, rmia-offline (checkpoint c against the "
+                      "reference models of the same epoch), and the white-box gradient-norm. "
+                      "With --model: the threshold attacks, gradient-norm, stolen-memories "
+                      "and nasr (default: all)")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
+  g = p.add_argument_group("your own model (--model)")
+  g.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                 help="a function returning an adapted model (mia_jax.models.from_linen / "
+                      "from_nnx), imported from MODULE (the current directory is on the path)")
+  g.add_argument("--dataset", default=None,
+                 help="the data the indices point into: a built-in or tfds name, or an .npz "
+                      "(x, y, or x_train, y_train, x_test, y_test pooled in that order)")
+  g.add_argument("--dataset-option", "-D", action="append", metavar="KEY=VALUE",
+                 help="dataset loader option, repeatable")
+  g.add_argument("--members", default=None, metavar="FILE",
+                 help="the target's training examples: indices into the pooled dataset, a .npy "
+                      "or one integer per line")
+  g.add_argument("--nonmembers", default=None, metavar="FILE",
+                 help="examples the target did not train on (same format)")
+  g.add_argument("--auxiliary", default=None, metavar="FILE",
+                 help="the attacker's own examples for the white-box attacks' shadow target, "
+                      "proxies and attack network (default: every other example)")
+  g.add_argument("--out", default=None, help="run directory for the results (with --model)")
+  g.add_argument("--overwrite", action="store_true",
+                 help="replace a finished run in --out (removes only what mia-jax wrote)")
+  g.add_argument("--no-report", dest="report", action="store_false",
+                 help="do not write report.html / report.md")
+  g.add_argument("--item", default=None,
+                 help="the item of CheckpointManager steps that hold several")
+  g.add_argument("--layers", type=_csv, default=None,
+                 help="taps for Stolen Memories (default: every tap below the logits)")
+  g.add_argument("--gradient-layers", type=_csv, default=None,
+                 help="parameter groups for Nasr et al. (default: the last)")
+  g.add_argument("--optimizer", default="adam", choices=["sgd", "momentum", "adam"],
+                 help="the attacker's training recipe (proxies, shadow target): optimizer")
+  g.add_argument("--learning-rate", type=float, default=1e-3, help="... its step size")
+  g.add_argument("--epochs", type=int, default=20, help="... its epochs")
+  g.add_argument("--batch-size", type=int, default=64, help="... its batch size")
+  g.add_argument("--seed", type=int, default=0, help="seed of everything the attacker trains")
   p.set_defaults(func=_cmd_attack)
   p = sub.add_parser("report", help="rebuild report.html / report.md of an audit run directory",
                      description="Rebuild report.html (self-contained) and report.md with plots "
@@ -493,6 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   (bad input, unusable paths, no disk space or memory, corrupt files), 130 for Ctrl-C."""
   parser = build_parser()
   args = parser.parse_args(argv)
+  if getattr(args, "command", None) == "attack":
+    args.attacks_given = args.attacks is not None
+    if args.attacks is None:
+      args.attacks = "loss,confidence,entropy,modified_entropy"
   try:
     return args.func(args)
   except MiaInputError as e:

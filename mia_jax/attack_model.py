@@ -1,0 +1,301 @@
+"""Attack the user's own model: its checkpoints, its data, its membership split.
+
+:func:`attack_model` runs the black-box threshold attacks and the white-box attacks
+(gradient norms, Stolen Memories, Nasr et al.) on one model or on C checkpoints of it
+(variables stacked on a leading axis), given the user's members and non-members and the
+attacker's auxiliary data. The threshold attacks and the gradient norms of all C
+checkpoints come from one compiled pass vmapped over the stack; Stolen Memories and Nasr
+train their proxies / shadow target / attack network once per checkpoint. With ``out``
+it writes a run directory (:mod:`mia_jax.rundir`): ``checkpoint_results.json`` (metrics per
+checkpoint), ``scores.npz`` (per-example scores of every checkpoint, ``[C, N]`` per
+attack), ``checkpoints.png`` (leakage against checkpoint), and for the last checkpoint
+``results.json`` + ``report.html`` / ``report.md`` as an audit writes them.
+
+``mia-jax attack --model pkg.module:factory --checkpoints DIR --dataset ... --members F
+--nonmembers F`` is the command line for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from mia_jax._validation import MiaInputError
+
+THRESHOLD = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
+WHITEBOX = ("gradient-norm", "stolen-memories", "nasr")
+ATTACKS = THRESHOLD + WHITEBOX
+REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+
+
+def read_indices(path: str | os.PathLike, n: int, name: str) -> np.ndarray:
+  """Example indices from a ``.npy`` file or a text file of one integer per line, each in
+  [0, n), no duplicates."""
+  path = os.fspath(path)
+  try:
+    if path.endswith(".npy"):
+      arr = np.load(path, allow_pickle=False)
+    else:
+      with open(path) as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+      arr = np.array([int(ln) for ln in lines], np.int64)
+  except OSError as e:
+    raise MiaInputError(f"{name}: cannot read {path}: {e.strerror}") from e
+  except ValueError as e:
+    raise MiaInputError(f"{name}: {path} must hold one integer per line (or be a .npy of "
+                        f"integers): {e}") from e
+  arr = np.asarray(arr)
+  if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
+    raise MiaInputError(f"{name}: {path} must hold a non-empty 1-D list of integers, got "
+                        f"dtype {arr.dtype} and shape {arr.shape}")
+  if arr.min() < 0 or arr.max() >= n:
+    raise MiaInputError(f"{name}: indices must be in [0, {n}) (the dataset's examples, x_train "
+                        f"then x_test), got [{arr.min()}, {arr.max()}]")
+  if np.unique(arr).size != arr.size:
+    raise MiaInputError(f"{name}: {path} holds duplicate indices")
+  return arr.astype(np.int64)
+
+
+def load_factory(spec: str):
+  """``pkg.module:factory`` -> the adapted model the factory returns (it is called with
+  no arguments)."""
+  import importlib
+  from mia_jax.models.adapters import is_model
+  if not isinstance(spec, str) or ":" not in spec:
+    raise MiaInputError(f"model: expected MODULE:FACTORY (e.g. mypkg.models:make), got {spec!r}")
+  mod_name, attr = spec.split(":", 1)
+  try:
+    mod = importlib.import_module(mod_name)
+  except ImportError as e:
+    raise MiaInputError(f"model: cannot import {mod_name!r}: {e}") from e
+  factory = getattr(mod, attr, None)
+  if not callable(factory):
+    raise MiaInputError(f"model: {mod_name!r} has no function {attr!r}")
+  model = factory()
+  if not is_model(model):
+    raise MiaInputError(
+        f"model: {spec} returned {type(model).__name__}; it must return an adapted model "
+        "(mia_jax.models.from_linen / from_nnx / from_apply, or make_model)")
+  return model
+
+
+def warn_if_not_logits(logits: np.ndarray, log: Callable[[str], None]) -> str | None:
+  """A warning when a model's outputs look like probabilities or log-probabilities
+  (every row sums to 1, or has logsumexp 0) rather than logits."""
+  z = np.asarray(logits, np.float64)
+  if z.ndim != 2 or z.shape[0] == 0:
+    return None
+  if np.all(z >= 0) and np.allclose(z.sum(-1), 1.0, atol=1e-3):
+    msg = ("the model's outputs look like probabilities (rows sum to 1), not logits; "
+           "every signal treats them as logits, so return logits (drop the softmax)")
+  elif np.allclose(np.logaddexp.reduce(z, axis=-1), 0.0, atol=1e-3):
+    msg = None  # log-probabilities are logits up to a constant: the signals are the same
+  else:
+    msg = None
+  if msg:
+    log(f"warning: {msg}")
+  return msg
+
+
+def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
+                 stacked: bool = False, names: Sequence[str] | None = None,
+                 attacks: Sequence[str] = ATTACKS, train_config=None,
+                 whitebox_layers: Sequence[str] | None = None,
+                 gradient_layers: Sequence[str] | None = None,
+                 target_precision: float = 0.9, seed: int = 0, microbatch_size: int = 256,
+                 out: str | None = None, overwrite: bool = False, report: bool = True,
+                 dataset_name: str = "user data", progress=None,
+                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+  """Membership-inference attacks on the user's model (module docstring).
+
+  Args:
+    model: an adapted model (:func:`mia_jax.models.from_linen`, ``from_nnx``, ...).
+    variables: its variables; with ``stacked``, C checkpoints on a leading axis.
+    x, y: the dataset (every index below points into it).
+    members, nonmembers: int[...] indices of the target's training examples and of
+      examples it did not see (the evaluation set).
+    auxiliary: int[...] the attacker's own examples (disjoint from members), needed by
+      Stolen Memories and Nasr (shadow target, proxies, attack network); default: every
+      example that is neither a member nor a non-member.
+    names: checkpoint names (default: ``ckpt-0``, ...).
+    attacks: from :data:`ATTACKS`.
+    train_config: the recipe for the attacker's proxies and shadow target (the target's,
+      if known; default :class:`mia_jax.train.TrainConfig`).
+    whitebox_layers: taps for Stolen Memories (default: every tap below the logits).
+    gradient_layers: parameter groups for Nasr et al. (default: the last).
+    target_precision: the white-box thresholds' calibration goal (shadow setting).
+    seed: fixes everything the attacker trains.
+    microbatch_size: examples per compiled chunk.
+    out, overwrite, report: write a run directory (with the report).
+  Returns:
+    ``{"checkpoints": [{"name", "train_accuracy", "test_accuracy", "attacks": {...}}],
+    "warnings": [...]}``; per-example scores are in ``scores.npz`` when ``out`` is given.
+  """
+  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.metrics import summarize
+  from mia_jax.models.base import stack_variables
+  from mia_jax.signals import blackbox_signals, check_stacked
+  from mia_jax.train import TrainConfig
+  attacks = tuple(attacks)
+  unknown = [a for a in attacks if a not in ATTACKS]
+  if unknown or not attacks:
+    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
+  x, y = model.check_inputs(x, y)
+  n = x.shape[0]
+  members = _indices(members, n, "members")
+  nonmembers = _indices(nonmembers, n, "nonmembers")
+  if np.intersect1d(members, nonmembers).size:
+    raise MiaInputError("members, nonmembers: an example is in both")
+  if auxiliary is None:
+    aux = np.setdiff1d(np.arange(n), np.concatenate([members, nonmembers]))
+  else:
+    aux = _indices(auxiliary, n, "auxiliary")
+    if np.intersect1d(aux, members).size:
+      raise MiaInputError("auxiliary: the attacker's data must not hold the target's members")
+  needs_aux = [a for a in attacks if a in ("stolen-memories", "nasr")]
+  warnings: list[str] = []
+  if needs_aux:
+    if aux.size < 8:
+      raise MiaInputError(f"auxiliary: {list(needs_aux)} need the attacker's own examples "
+                          f"(at least 8), got {aux.size}; pass --auxiliary or fewer attacks")
+    if aux.size // 2 < members.size:
+      msg = (f"the attacker's {aux.size} auxiliary examples give a shadow target / proxies "
+             f"of at most {aux.size // 2} examples, fewer than the target's {members.size} "
+             "members: they may leak differently than the target")
+      warnings.append(msg)
+      log(f"warning: {msg}")
+  if not stacked:
+    variables = stack_variables([variables])
+  c = check_stacked(variables, True, model=model)
+  names = list(names) if names is not None else [f"ckpt-{i}" for i in range(c)]
+  if len(names) != c:
+    raise MiaInputError(f"names: expected {c} names (one per checkpoint), got {len(names)}")
+  tcfg = train_config or TrainConfig()
+  ev = np.concatenate([members, nonmembers])
+  is_member = np.r_[np.ones(members.size, bool), np.zeros(nonmembers.size, bool)]
+  xe, ye = x[ev], y[ev]
+
+  t0 = time.perf_counter()
+  sig = blackbox_signals(model, variables, xe, ye, stacked=True, microbatch_size=microbatch_size)
+  msg = warn_if_not_logits(np.asarray(_first_logits(model, variables, xe[:64])), log)
+  if msg:
+    warnings.append(msg)
+  thr = [a for a in attacks if a in THRESHOLD]
+  scores: dict[str, np.ndarray] = {a: np.asarray(s, np.float64)
+                                   for a, s in threshold_scores(sig, thr).items()}
+  per_ckpt = [{"name": nm, "train_accuracy": float(sig["correct"][i][is_member].mean()),
+               "test_accuracy": float(sig["correct"][i][~is_member].mean()), "attacks": {}}
+              for i, nm in enumerate(names)]
+  if "gradient-norm" in attacks:
+    from mia_jax.whitebox import gradient_norms
+    norms = gradient_norms(model, variables, xe, ye, stacked=True,
+                           microbatch_size=min(microbatch_size, 256))
+    scores["gradient-norm"] = -norms["total"].astype(np.float64)
+    for stage, v in norms.items():
+      if stage != "total":
+        scores[f"gradient-norm/{stage}"] = -v.astype(np.float64)
+  calibrated: dict[str, list] = {}
+  if "stolen-memories" in attacks:
+    from mia_jax.attacks import stolen_memories as sm
+    cfg = sm.StolenMemoriesConfig(layers=None if whitebox_layers is None else tuple(whitebox_layers),
+                                  microbatch_size=min(microbatch_size, 256))
+    outs = []
+    for i, nm in enumerate(names):
+      log(f"{nm}: Stolen Memories")
+      res = sm.run_attack(model, jax.tree.map(lambda a, i=i: a[i], variables), x[aux], y[aux],
+                          xe, ye, target_train_size=members.size, config=cfg, train_config=tcfg,
+                          setting="shadow", target_precision=target_precision, seed=seed,
+                          progress=progress)
+      outs.append(res)
+    scores["stolen-memories"] = np.stack([r.meta_scores for r in outs]).astype(np.float64)
+    for layer in outs[0].layer_scores:
+      scores[f"stolen-memories/{layer}"] = np.stack(
+          [r.layer_scores[layer] for r in outs]).astype(np.float64)
+    calibrated["stolen-memories"] = [(r.threshold, r.calibration) for r in outs]
+  if "nasr" in attacks:
+    from mia_jax.attacks import nasr
+    ncfg = nasr.NasrConfig(layers=None if gradient_layers is None else tuple(gradient_layers),
+                           microbatch_size=min(microbatch_size, 128))
+    outs = []
+    for i, nm in enumerate(names):
+      log(f"{nm}: Nasr et al.")
+      outs.append(nasr.run_attack(model, jax.tree.map(lambda a, i=i: a[i], variables), x[aux],
+                                  y[aux], xe, ye, target_train_size=members.size, config=ncfg,
+                                  train_config=tcfg, target_precision=target_precision,
+                                  seed=seed, progress=progress, log=log))
+    scores["nasr"] = np.stack([r.scores for r in outs]).astype(np.float64)
+    calibrated["nasr"] = [(r.threshold, r.calibration) for r in outs]
+
+  from mia_jax.audit import _calibrated
+  for i, entry in enumerate(per_ckpt):
+    for a in attacks:
+      m = summarize(scores[a][i], is_member, REPORT_FPRS)
+      layers = {k.split("/", 1)[1]: summarize(v[i], is_member, REPORT_FPRS)
+                for k, v in scores.items() if k.startswith(a + "/")}
+      if layers:
+        m["layers"] = layers
+      if a in calibrated:
+        thr_i, cal = calibrated[a][i]
+        m["calibrated"] = _calibrated(scores[a][i], is_member, thr_i, cal)
+      entry["attacks"][a] = m
+  results = {"checkpoints": per_ckpt, "warnings": warnings,
+             "timings": {"attack": time.perf_counter() - t0}}
+  if out is not None:
+    _write(out, results, scores, is_member, ye, model, dataset_name, x, members, nonmembers,
+           aux, overwrite, report, log)
+  return results
+
+
+def _indices(idx, n: int, name: str) -> np.ndarray:
+  from mia_jax._validation import check_indices
+  arr = check_indices(idx, n, name)
+  if np.unique(arr).size != arr.size:
+    raise MiaInputError(f"{name}: duplicate indices")
+  return arr
+
+
+def _first_logits(model, stacked, x):
+  return model.apply(jax.tree.map(lambda a: a[0], stacked), x)
+
+
+def _write(out, results, scores, is_member, labels, model, dataset_name, x, members,
+           nonmembers, aux, overwrite, report, log) -> None:
+  from mia_jax._io import hash_arrays, write_json_atomic, write_npz_atomic
+  from mia_jax.audit import SCHEMA_VERSION, device_info, versions
+  from mia_jax.checkpoints import plot_checkpoint_metrics
+  from mia_jax.rundir import RunDir
+  per = results["checkpoints"]
+  with RunDir.open(out, command="attack", overwrite=overwrite, log=log) as rd:
+    rd.manifest["data"] = {"sha256": hash_arrays(x, labels), "description": dataset_name}
+    write_npz_atomic(rd.file("scores.npz"), is_member=is_member, labels=labels,
+                     names=np.array([c["name"] for c in per]),
+                     **{f"score:{k}": (v[-1] if v.ndim == 2 else v) for k, v in scores.items()},
+                     **{f"checkpoint_score:{k}": v for k, v in scores.items()})
+    write_json_atomic(rd.file("checkpoint_results.json"),
+                      {"schema_version": SCHEMA_VERSION, "model": dict(model.spec), **results,
+                       "versions": versions(), "device": device_info()})
+    plot_checkpoint_metrics(per, [c["name"] for c in per], rd.file("checkpoints.png"))
+    last = per[-1]
+    write_json_atomic(rd.file("results.json"), {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": {"name": dataset_name, "num_classes": model.num_classes,
+                    "feature_shape": list(model.input_shape), "num_examples": int(x.shape[0]),
+                    "num_members": int(members.size), "num_nonmembers": int(nonmembers.size),
+                    "num_auxiliary": int(aux.size)},
+        "model": {"name": model.name, "spec": dict(model.spec)},
+        "seed": None, "checkpoint": last["name"],
+        "target": {"train_accuracy": last["train_accuracy"],
+                   "test_accuracy": last["test_accuracy"],
+                   "generalization_gap": last["train_accuracy"] - last["test_accuracy"]},
+        "attacks": last["attacks"], "warnings": results["warnings"],
+        "timings": results["timings"], "versions": versions(), "device": device_info()})
+    if report:
+      from mia_jax.report import write_report
+      for name in ("report.html", "report.md", "plots"):
+        rd.file(name)
+      write_report(rd.path)
+    rd.mark_finished()
