@@ -136,6 +136,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
     "warnings": [...]}``; per-example scores are in ``scores.npz`` when ``out`` is given.
   """
   from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.audit import size_warnings
   from mia_jax.metrics import summarize
   from mia_jax.models.base import stack_variables
   from mia_jax.signals import blackbox_signals, check_stacked
@@ -158,16 +159,9 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
       raise MiaInputError("auxiliary: the attacker's data must not hold the target's members")
   needs_aux = [a for a in attacks if a in ("stolen-memories", "nasr")]
   warnings: list[str] = []
-  if needs_aux:
-    if aux.size < 8:
-      raise MiaInputError(f"auxiliary: {list(needs_aux)} need the attacker's own examples "
-                          f"(at least 8), got {aux.size}; pass --auxiliary or fewer attacks")
-    if aux.size // 2 < members.size:
-      msg = (f"the attacker's {aux.size} auxiliary examples give a shadow target / proxies "
-             f"of at most {aux.size // 2} examples, fewer than the target's {members.size} "
-             "members: they may leak differently than the target")
-      warnings.append(msg)
-      log(f"warning: {msg}")
+  if needs_aux and aux.size < 12:
+    raise MiaInputError(f"auxiliary: {list(needs_aux)} need the attacker's own examples "
+                        f"(at least 12), got {aux.size}; pass --auxiliary or fewer attacks")
   if not stacked:
     variables = stack_variables([variables])
   c = check_stacked(variables, True, model=model)
@@ -216,6 +210,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
       scores[f"stolen-memories/{layer}"] = np.stack(
           [r.layer_scores[layer] for r in outs]).astype(np.float64)
     calibrated["stolen-memories"] = [(r.threshold, r.calibration) for r in outs]
+    warnings += size_warnings("stolen-memories", outs[0].calibration, members.size, log)
   if "nasr" in attacks:
     from mia_jax.attacks import nasr
     ncfg = nasr.NasrConfig(layers=None if gradient_layers is None else tuple(gradient_layers),
@@ -229,6 +224,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
                                   seed=seed, progress=progress, log=log))
     scores["nasr"] = np.stack([r.scores for r in outs]).astype(np.float64)
     calibrated["nasr"] = [(r.threshold, r.calibration) for r in outs]
+    warnings += size_warnings("nasr", outs[0].calibration, members.size, log)
 
   from mia_jax.audit import _calibrated
   for i, entry in enumerate(per_ckpt):

@@ -610,6 +610,20 @@ def _dp_results(dp_info: dict[str, Any], attacks_out: dict[str, Any]) -> dict[st
   return out
 
 
+def size_warnings(attack: str, calibration: dict, target_size: int, log) -> list[str]:
+  """Warnings (also logged) when the attacker's shadow target or proxies trained on fewer
+  examples than the target: they may leak differently than the target does."""
+  out = []
+  for key, what in (("shadow_size", "shadow target"), ("proxy_size", "proxies")):
+    size = calibration.get(key)
+    if size is not None and size < target_size:
+      out.append(f"{attack}: the {what} trained on {size} examples, fewer than the target's "
+                 f"{target_size} members (the attacker's data is too small to match it); "
+                 "its calibration may not transfer to the target")
+      log(f"warning: {out[-1]}")
+  return out
+
+
 def _decision_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float
                       ) -> dict[str, Any]:
   """Accuracy, precision and recall of the rule ``score >= threshold``."""
@@ -832,6 +846,7 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
 
   scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
+  warnings: list[str] = []
   bb_names = [a for a in config.attacks if a in BLACKBOX_ATTACKS]
   for name, s in threshold_scores(bb, bb_names).items():
     scores[name] = s
@@ -958,6 +973,7 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
                            train_shadow=whitebox_shadow)
 
     wb = stages.run("stolen_memories", whitebox)
+    warnings += size_warnings("stolen-memories", wb.calibration, n_target, log)
     scores["stolen-memories"] = wb.meta_scores
     entry = summarize(wb.meta_scores, is_member, REPORT_FPRS)
     entry["calibrated"] = _calibrated(wb.meta_scores, is_member, wb.threshold, wb.calibration)
@@ -976,6 +992,7 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
         target_train_size=n_target, config=ncfg, train_config=tcfg,
         target_precision=config.target_precision, seed=config.seed, progress=progress,
         train_shadow=whitebox_shadow, log=log))
+    warnings += size_warnings("nasr", res.calibration, n_target, log)
     scores["nasr"] = res.scores
     entry = summarize(res.scores, is_member, REPORT_FPRS)
     entry["calibrated"] = _calibrated(res.scores, is_member, res.threshold, res.calibration)
@@ -1001,6 +1018,8 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
       "versions": versions(),
       "device": device_info(),
   }
+  if warnings:
+    results["warnings"] = warnings
   if dp_info is not None:
     results["dp"] = _dp_results(dp_info, attacks_out)
   write_json_atomic(rd.file("results.json"), results)

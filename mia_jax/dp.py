@@ -304,12 +304,17 @@ def _check_accounting(noise_multiplier, q, steps, delta):
   return noise_multiplier, q, steps, delta
 
 
+class MissingDependencyError(MiaInputError, ImportError):
+  """An optional package a requested feature needs is not installed."""
+
+
 def _import_dp_accounting():
   try:
     import dp_accounting  # noqa: PLC0415 - optional dependency, imported lazily.
   except ImportError as e:
-    raise ImportError("mia_jax.dp accounting needs the optional package dp-accounting "
-                      "(pip install 'mia-jax[dp]')") from e
+    raise MissingDependencyError(
+        "dp_epsilon/noise_multiplier: DP accounting needs the optional package dp-accounting "
+        "(pip install 'mia-jax[dp]')") from e
   return dp_accounting
 
 

@@ -136,3 +136,45 @@ def test_cli_attack_bad_user_input_is_a_clear_error(user_run, monkeypatch, capsy
   assert cli.main(["attack", "--model", "user_model_for_test:make", "--quiet"]) == 2
   assert "--checkpoints" in capsys.readouterr().err
   assert not os.path.exists(root / "bad")
+
+
+def test_small_attacker_data_is_a_warning_in_log_and_results(user_run, tmp_path):
+  """A shadow target / proxies smaller than the target's training set: said in the log
+  and in results.json."""
+  import jax
+
+  from mia_jax.attack_model import attack_model
+  from mia_jax.data import load_dataset
+  from mia_jax.models import from_linen
+  from mia_jax.train import TrainConfig
+  _, module, members, nonmembers = user_run
+  ds = load_dataset("digits")
+  x, y = ds.all_x(), ds.all_y()
+  model = from_linen(module, input_shape=(8, 8, 1), num_classes=10)
+  v = model.init(jax.random.key(0))
+  aux = np.setdiff1d(np.arange(len(x)), np.concatenate([members, nonmembers]))[:90]
+  lines = []
+  res = attack_model(model, v, x, y, members=members, nonmembers=nonmembers, auxiliary=aux,
+                     attacks=("loss", "stolen-memories"), whitebox_layers=("Dense_0",),
+                     train_config=TrainConfig(epochs=1, batch_size=32), out=str(tmp_path / "r"),
+                     report=False, log=lines.append)
+  assert any("shadow target trained on 30 examples" in w for w in res["warnings"]), res
+  assert any(l.startswith("warning:") and "fewer than the target's 80" in l for l in lines)
+  saved = json.loads((tmp_path / "r" / "results.json").read_text())
+  assert saved["warnings"] == res["warnings"]
+
+
+def test_dp_without_dp_accounting_is_a_clear_error(monkeypatch, tmp_path, capsys):
+  import builtins
+  real = builtins.__import__
+
+  def no_dp(name, *a, **k):
+    if name == "dp_accounting" or name.startswith("dp_accounting."):
+      raise ImportError("No module named 'dp_accounting'")
+    return real(name, *a, **k)
+  monkeypatch.setattr(builtins, "__import__", no_dp)
+  assert cli.main(["audit", "--out", str(tmp_path / "r"), "--dp-epsilon", "1", "--quiet",
+                   "--attacks", "loss", "--epochs", "1"]) == 2
+  err = capsys.readouterr().err
+  assert "dp-accounting" in err and "Traceback" not in err
+  assert not (tmp_path / "r").exists()

@@ -541,7 +541,7 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   scores = predict(state, target_feats)
   calibration = {"setting": "shadow", "target_precision": float(target_precision),
                  "layers": list(layers), "activations": bool(config.activations),
-                 "attacker_examples": int(idx.size),
+                 "attacker_examples": int(idx.size), "shadow_size": int(parts.shadow_in.size),
                  "calibration_examples": int(val.size), "best_epoch": state.best_epoch + 1,
                  "epochs": config.epochs, "val_loss": state.history["val_loss"]}
   return NasrResult(scores, float(threshold), calibration,

@@ -351,6 +351,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     k = int(np.floor(target_fpr * srt.size))
     threshold = float(np.nextafter(srt[k], np.inf)) if k < srt.size else -np.inf
     calibration = {"setting": "nonmember", "target_fpr": float(target_fpr)}
+  if setting == "shadow":
+    calibration["shadow_size"] = int(parts.shadow_in.size)
   calibration.update(num_proxies=num_proxies, proxy_size=size, layers=list(target_proxies.means),
                      attacker_examples=int(idx.size), meta_kind=meta.kind, use_loss=use_loss)
   eval_layers = score(model, target_variables, target_proxies, eval_x, eval_y, config=cfg)
