@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from mia_jax._validation import MiaInputError
+from mia_jax.models.adapters import check_model
 
 THRESHOLD = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
 WHITEBOX = ("gradient-norm", "stolen-memories", "nasr")
@@ -145,7 +146,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   unknown = [a for a in attacks if a not in ATTACKS]
   if unknown or not attacks:
     raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   n = x.shape[0]
   members = _indices(members, n, "members")
   nonmembers = _indices(nonmembers, n, "nonmembers")

@@ -583,13 +583,13 @@ def _resource_message(e: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status: 0, 2 for anything a user can cause
   (bad input, unusable paths, no disk space or memory, corrupt files), 130 for Ctrl-C."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  if getattr(args, "command", None) == "attack":
-    args.attacks_given = args.attacks is not None
-    if args.attacks is None:
-      args.attacks = "loss,confidence,entropy,modified_entropy"
   try:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "attack":
+      args.attacks_given = args.attacks is not None
+      if args.attacks is None:
+        args.attacks = "loss,confidence,entropy,modified_entropy"
     return args.func(args)
   except MiaInputError as e:
     return _error(str(e))
@@ -613,7 +613,11 @@ def entry() -> None:
   """The ``mia-jax`` console script: :func:`main`, then an immediate exit after an
   interrupt (the interpreter's teardown while XLA or orbax threads are busy can crash;
   every file is already complete or absent, so nothing is lost)."""
-  code = main()
+  try:
+    code = main()
+  except KeyboardInterrupt:  # between main's own handler and here
+    print("mia-jax: interrupted; rerun the same command to resume", file=sys.stderr)
+    code = 130
   if code == 130:
     sys.stdout.flush()
     sys.stderr.flush()

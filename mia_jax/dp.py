@@ -53,6 +53,7 @@ from mia_jax._validation import check_indices, MiaInputError, check_in_range, ch
 from mia_jax.models.base import LayeredModel
 from mia_jax.train import (Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed,
                            check_converging, jax_key)
+from mia_jax.models.adapters import check_model
 
 SAMPLINGS = ("poisson", "shuffle")
 
@@ -243,7 +244,7 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
     raise MiaInputError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
   if microbatch_size is not None:
     microbatch_size = check_positive_int(microbatch_size, "microbatch_size")
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   indices = check_indices(indices, x.shape[0])
   abstract = jax.eval_shape(model.init, jax.random.key(0))
   if set(abstract) != {"params"}:

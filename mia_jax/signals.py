@@ -23,6 +23,7 @@ from mia_jax._validation import MiaInputError, check_labels
 from mia_jax.models.base import LayeredModel, Variables, num_stacked
 from mia_jax.sharding import (check_mesh, gather, replicated_sharding, shard_stacked,
                               stacked_sharding)
+from mia_jax.models.adapters import check_model
 
 SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correct")
 
@@ -237,7 +238,7 @@ def _compiled_signals(model: LayeredModel, stacked: bool, mesh: jax.sharding.Mes
 def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_size: int = 1024,
                    stacked: bool = False) -> np.ndarray:
   """Logits float[N, K], or float[M, N, K] for M stacked models."""
-  x, _ = model.check_inputs(x)
+  x, _ = check_model(model).check_inputs(x)
   check_stacked(variables, stacked, model=model)
   fn = _compiled_logits(model, stacked)
   out = run_microbatched(lambda xb: fn(variables, xb), [x], microbatch_size,
@@ -269,7 +270,7 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
     defenses, "probs" holds the returned vectors and "logits" their logarithms.
   """
   from mia_jax.defenses import parse_defenses
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   defenses = parse_defenses(defenses, model.num_classes)
   m = check_stacked(variables, stacked, model=model)
   if mesh is not None:

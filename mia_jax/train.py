@@ -34,6 +34,7 @@ from mia_jax._validation import (MiaInputError, as_array, check_in_range, check_
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.sharding import (check_mesh, gather, replicate, replicated_sharding,
                               shard_stacked, stacked_sharding)
+from mia_jax.models.adapters import check_model
 
 Seed = int | Sequence[int]
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -263,7 +264,7 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     TrainResult(variables, losses[epochs]).
   """
   seed = check_seed(seed)
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   _check_not_empty(x)
   indices = check_indices(indices, x.shape[0])
   keep = np.zeros((1, x.shape[0]), bool)
@@ -298,7 +299,7 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     ``mesh`` when given) and losses[M, epochs].
   """
   seed = check_seed(seed, allow_tuple=False)
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   _check_not_empty(x)
   keep = as_array(keep, "keep")
   if keep.ndim != 2 or keep.shape[1] != x.shape[0]:

@@ -26,6 +26,7 @@ import numpy as np
 from mia_jax._batching import on_cpu, run_microbatched
 from mia_jax._validation import MiaInputError, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
+from mia_jax.models.adapters import check_model
 
 
 def _cotangent(num_classes: int, y: jax.Array, centered: bool) -> jax.Array:
@@ -96,7 +97,7 @@ def linear_scores(h: jax.Array, y: jax.Array, row_target: jax.Array, row_proxy: 
 
 
 def _check_layers(model: LayeredModel, layers) -> tuple[str, ...]:
-  layers = model.check_layers(layers)
+  layers = check_model(model).check_layers(layers)
   if not layers:
     raise MiaInputError("layers: expected at least one layer name")
   if model.stage_names[-1] in layers:
@@ -149,7 +150,7 @@ def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Se
       with ``stacked=True`` (the message shows the first differing path and shapes).
   """
   from mia_jax.signals import check_stacked
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   layers = _check_layers(model, layers)
   path_steps = check_positive_int(path_steps, "path_steps", minimum=0)
   check_positive_int(microbatch_size, "microbatch_size")
@@ -173,7 +174,7 @@ def layer_features(model: LayeredModel, variables: Variables, x, layer: str, *,
                    microbatch_size: int = 1024, stacked: bool = False) -> np.ndarray:
   """h_layer(x) for all examples: float[(M,) N, *layer_shape]."""
   from mia_jax.signals import check_stacked
-  x, _ = model.check_inputs(x)
+  x, _ = check_model(model).check_inputs(x)
   model.check_layers([layer])
   check_stacked(variables, stacked, model=model)
   fn = _compiled_features(model, layer, bool(stacked))
@@ -271,7 +272,7 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
     {layer: float[(M,) N]}: higher = more likely member.
   """
   from mia_jax.signals import check_stacked
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   layers = _check_layers(model, tuple(proxy_variables))
   missing = [l for l in layers if l not in means]
   if missing:
@@ -325,7 +326,7 @@ def gradient_norms(model: LayeredModel, variables: Variables, x, y, *,
     {stage: float[N], ..., "total": float[N]} (float[M, N] when stacked) as NumPy arrays.
   """
   from mia_jax.signals import check_stacked
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   m = check_stacked(variables, stacked, model=model) or 1
   n_params = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(variables["params"])) // m
   per_example = 4 * m * max(n_params, 1)

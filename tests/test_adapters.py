@@ -387,3 +387,18 @@ def test_nasr_gradients_and_gradient_norms_of_user_submodules(cnn, nnx_cnn):
   assert nasr.check_layers(nmodel, None) == ("linear2",)
   with pytest.raises(MiaInputError, match="nope"):
     nasr.check_layers(nmodel, ("nope",))
+
+
+def test_a_raw_flax_module_anywhere_is_our_error_with_the_adapter_to_use(cnn, nnx_cnn):
+  from mia_jax.attacks import nasr
+  from mia_jax.train import train_model
+  module, v, x, y = cnn
+  for call in (lambda m: blackbox_signals(m, v, x, y),
+               lambda m: whitebox.jacobian_rows(m, v, x, y, layers=["Conv_1"]),
+               lambda m: whitebox.gradient_norms(m, v, x, y),
+               lambda m: train_model(m, x, y),
+               lambda m: nasr.attack_features(m, v, x, y)):
+    with pytest.raises(MiaInputError, match="from_linen"):
+      call(module)
+    with pytest.raises(MiaInputError, match="from_nnx"):
+      call(nnx_cnn[0])

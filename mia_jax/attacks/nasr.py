@@ -49,6 +49,7 @@ import optax
 from mia_jax._batching import run_microbatched
 from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
+from mia_jax.models.adapters import check_model
 
 FEATURE_KEYS = ("probs", "loss", "label")
 
@@ -130,6 +131,7 @@ def _get(tree, path):
 def check_layers(model: LayeredModel, layers: Sequence[str] | None) -> tuple[str, ...]:
   """The stages to take gradients of (default: the last); errors name bad ones."""
   # A built-in model's stages; an adapted model's top-level parameter groups (submodules)
+  check_model(model)
   stages = getattr(model, "param_stages", None) or model.stage_names
   if layers is None:
     return (stages[-1],)
@@ -211,7 +213,7 @@ def attack_features(model: LayeredModel, variables: Variables, x, y, *,
      ``activations`` "act:<stage>": float[N, D] (the stage's flattened output)}.
   """
   layers = check_layers(model, layers)
-  x, y = model.check_inputs(x, y)
+  x, y = check_model(model).check_inputs(x, y)
   shapes = feature_shapes(model, layers, activations=activations)
   nbytes = 4 * x.shape[0] * sum(int(np.prod(s)) for s in shapes.values())
   if max_feature_bytes is not None and nbytes > max_feature_bytes:
@@ -507,8 +509,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
 
   layers = check_layers(model, config.layers)
   check_in_range(target_precision, "target_precision", 0.0, 1.0)
-  aux_x, aux_y = model.check_inputs(aux_x, aux_y)
-  eval_x, eval_y = model.check_inputs(eval_x, eval_y)
+  aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
+  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
                                   setting="shadow", seed=seed)
   shapes = feature_shapes(model, layers, activations=config.activations)

@@ -35,6 +35,7 @@ from mia_jax._validation import MiaInputError, as_array, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.train import TrainConfig, train_models
 from mia_jax.whitebox import _check_layers, class_means, default_layers, layer_features, layer_scores
+from mia_jax.models.adapters import check_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +139,7 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
   Returns:
     Proxies(variables, means).
   """
-  aux_x, aux_y = model.check_inputs(aux_x, aux_y)
+  aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
   layers = _check_layers(model, config.layers or default_layers(model))
   rng = np.random.default_rng(seed)
   variables, means = {}, {}
@@ -306,8 +307,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import train_model
 
-  aux_x, aux_y = model.check_inputs(aux_x, aux_y)
-  eval_x, eval_y = model.check_inputs(eval_x, eval_y)
+  aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
+  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
                                   setting=setting, seed=seed)
   size = min(target_train_size, parts.proxy.size)

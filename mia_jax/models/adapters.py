@@ -587,4 +587,22 @@ def from_apply(apply_fn: Callable[[Any, jax.Array], jax.Array], *, input_shape: 
 
 
 def is_model(obj) -> bool:
-  return isinstance(obj, (LayeredModel, TappedModel))
+  return isinstance(obj, (LayeredModel, TappedModel, UpperModel))
+
+
+def check_model(model, name: str = "model"):
+  """``model`` if it is a model every attack reads; else a named error that says which
+  adapter wraps what was given (a raw flax module fails deep inside Flax otherwise)."""
+  if is_model(model):
+    return model
+  import flax.linen as nn
+  if isinstance(model, nn.Module):
+    hint = "wrap it: mia_jax.models.from_linen(module, input_shape=..., num_classes=...)"
+  elif _is_nnx(model):
+    hint = "wrap it: mia_jax.models.from_nnx(model, input_shape=..., num_classes=...)"
+  elif callable(model):
+    hint = ("wrap it: mia_jax.models.from_apply(fn, input_shape=..., num_classes=..., "
+            "example_variables=...)")
+  else:
+    hint = "build one with mia_jax.models.make_model, from_linen, from_nnx or from_apply"
+  raise MiaInputError(f"{name}: expected a mia-jax model, got {type(model).__name__}; {hint}")
