@@ -28,8 +28,9 @@ from mia_jax._validation import MiaInputError
 from mia_jax.models.adapters import check_model
 
 THRESHOLD = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
+REFERENCE = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
 WHITEBOX = ("gradient-norm", "stolen-memories", "nasr")
-ATTACKS = THRESHOLD + WHITEBOX
+ATTACKS = THRESHOLD + REFERENCE + WHITEBOX
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 
 
@@ -108,6 +109,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
                  whitebox_layers: Sequence[str] | None = None,
                  gradient_layers: Sequence[str] | None = None,
                  target_precision: float = 0.9, seed: int = 0, microbatch_size: int = 256,
+                 reference_variables=None, reference_keep=None, rmia_offline_a: float = 0.3,
                  out: str | None = None, overwrite: bool = False, report: bool = True,
                  dataset_name: str = "user data", progress=None,
                  log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -123,7 +125,14 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
       Stolen Memories and Nasr (shadow target, proxies, attack network); default: every
       example that is neither a member nor a non-member.
     names: checkpoint names (default: ``ckpt-0``, ...).
-    attacks: from :data:`ATTACKS`.
+    attacks: from :data:`ATTACKS` (default: all; LiRA and RMIA only with reference
+      models, the white-box ones only with enough auxiliary data).
+    reference_variables: the user's own reference models for LiRA / RMIA, M of them
+      stacked on a leading axis, each trained like the target on a subset of the data.
+    reference_keep: bool[M, len(x)]: ``reference_keep[m, i]`` = example i was in reference
+      model m's training set (each member and non-member should be IN for some and OUT
+      for others). RMIA's population is the auxiliary data.
+    rmia_offline_a: offline RMIA's a.
     train_config: the recipe for the attacker's proxies and shadow target (the target's,
       if known; default :class:`mia_jax.train.TrainConfig`).
     whitebox_layers: taps for Stolen Memories (default: every tap below the logits).
@@ -143,6 +152,8 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   from mia_jax.signals import blackbox_signals, check_stacked
   from mia_jax.train import TrainConfig
   attacks = tuple(attacks)
+  if attacks == ATTACKS and reference_variables is None:
+    attacks = THRESHOLD + WHITEBOX  # the default: what the inputs allow
   unknown = [a for a in attacks if a not in ATTACKS]
   if unknown or not attacks:
     raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
@@ -163,6 +174,18 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   if needs_aux and aux.size < 12:
     raise MiaInputError(f"auxiliary: {list(needs_aux)} need the attacker's own examples "
                         f"(at least 12), got {aux.size}; pass --auxiliary or fewer attacks")
+  ref_attacks = [a for a in attacks if a in REFERENCE]
+  if ref_attacks:
+    if reference_variables is None or reference_keep is None:
+      raise MiaInputError(f"attacks: {ref_attacks} need the user's reference models "
+                          "(reference_variables, stacked) and their reference_keep matrix")
+    m_ref = check_stacked(reference_variables, True, "reference_variables", model=model)
+    from mia_jax._validation import check_keep_shape
+    rkeep = check_keep_shape(reference_keep, m_ref, n, "reference models x dataset examples")
+    if m_ref < 2:
+      raise MiaInputError("reference_variables: LiRA / RMIA need at least 2 reference models")
+    if aux.size == 0 and any(a.startswith("rmia") for a in ref_attacks):
+      raise MiaInputError("auxiliary: RMIA's population is the auxiliary data; none is left")
   if not stacked:
     variables = stack_variables([variables])
   c = check_stacked(variables, True, model=model)
@@ -185,6 +208,23 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   per_ckpt = [{"name": nm, "train_accuracy": float(sig["correct"][i][is_member].mean()),
                "test_accuracy": float(sig["correct"][i][~is_member].mean()), "attacks": {}}
               for i, nm in enumerate(names)]
+  if ref_attacks:
+    from mia_jax.audit import reference_attacks
+    pool = np.concatenate([ev, aux])
+    r = blackbox_signals(model, reference_variables, x[pool], y[pool], stacked=True,
+                         microbatch_size=microbatch_size)
+    tz = blackbox_signals(model, variables, x[aux], y[aux], stacked=True,
+                          microbatch_size=microbatch_size)["confidence"]
+    ne, keep_ev = ev.size, rkeep[:, ev]
+    per = {a: [] for a in ref_attacks}
+    for i in range(c):
+      runs = reference_attacks(sig["scaled_logit"][i], r["scaled_logit"][:, :ne],
+                               sig["confidence"][i], tz[i], r["confidence"][:, :ne],
+                               r["confidence"][:, ne:], keep_ev, rmia_offline_a=rmia_offline_a)
+      for a in ref_attacks:
+        per[a].append(np.asarray(runs[a](), np.float64))
+    for a in ref_attacks:
+      scores[a] = np.stack(per[a])
   if "gradient-norm" in attacks:
     from mia_jax.whitebox import gradient_norms
     norms = gradient_norms(model, variables, xe, ye, stacked=True,

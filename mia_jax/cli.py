@@ -341,6 +341,7 @@ def _cmd_attack(args) -> int:
 def _attack_user_model(args, log):
   """``mia-jax attack --model MODULE:FACTORY ...``: the user's model and checkpoints."""
   import jax
+  import numpy as np
 
   from mia_jax.attack_model import ATTACKS, attack_model, load_factory, read_indices
   from mia_jax.data import load_dataset
@@ -367,9 +368,21 @@ def _attack_user_model(args, log):
   aux = None if args.auxiliary is None else read_indices(args.auxiliary, x.shape[0], "auxiliary")
   like = jax.eval_shape(model.init, jax.random.key(0))
   stacked, names = load_foreign_stack(args.checkpoints, like=like, item=args.item)
+  refs = keep = None
+  if (args.reference_checkpoints is None) != (args.reference_keep is None):
+    raise MiaInputError("attack --model: give --reference-checkpoints and --reference-keep "
+                        "together (LiRA / RMIA need both)")
+  if args.reference_checkpoints is not None:
+    refs, _ = load_foreign_stack(args.reference_checkpoints, like=like, item=args.item)
+    try:
+      keep = np.load(args.reference_keep, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise MiaInputError(f"reference_keep: cannot read {args.reference_keep} as a .npy of "
+                          f"booleans: {e}") from e
   log(f"loaded {len(names)} checkpoints of {model.name} from {args.checkpoints}")
   res = attack_model(model, stacked, x, y, members=members, nonmembers=nonmembers,
                      auxiliary=aux, stacked=True, names=names, attacks=attacks,
+                     reference_variables=refs, reference_keep=keep,
                      train_config=tcfg, whitebox_layers=args.layers,
                      gradient_layers=args.gradient_layers, seed=args.seed,
                      microbatch_size=args.microbatch_size, out=out, overwrite=args.overwrite,
@@ -509,8 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "four) and, for runs trained with --with-reference, lira, lira-offline, "
                       "lira-fixed-variance, rmia, rmia-offline (checkpoint c against the "
                       "reference models of the same epoch), and the white-box gradient-norm. "
-                      "With --model: the threshold attacks, gradient-norm, stolen-memories "
-                      "and nasr (default: all)")
+                      "With --model: the threshold attacks, lira, lira-offline, "
+                      "lira-fixed-variance, rmia, rmia-offline (with --reference-checkpoints), "
+                      "gradient-norm, stolen-memories and nasr (default: all the inputs allow)")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
   g = p.add_argument_group("your own model (--model)")
@@ -530,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--auxiliary", default=None, metavar="FILE",
                  help="the attacker's own examples for the white-box attacks' shadow target, "
                       "proxies and attack network (default: every other example)")
+  g.add_argument("--reference-checkpoints", default=None, metavar="DIR",
+                 help="your reference models for LiRA / RMIA: orbax checkpoints, one per "
+                      "reference model (same layouts as --checkpoints)")
+  g.add_argument("--reference-keep", default=None, metavar="FILE.npy",
+                 help="bool[M, examples]: keep[m, i] = example i (pooled dataset order) was in "
+                      "reference model m's training set")
   g.add_argument("--out", default=None, help="run directory for the results (with --model)")
   g.add_argument("--overwrite", action="store_true",
                  help="replace a finished run in --out (removes only what mia-jax wrote)")
@@ -609,10 +629,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _error(msg)
 
 
+def _exit_on_interrupt(signum, frame) -> None:
+  """SIGINT in the console script: release the run directory's lock and exit at once
+  with 130. Every file mia-jax writes is complete or temporary at any moment (the same
+  guarantee that makes ``kill -9`` safe), so nothing is lost, and the rerun resumes. A
+  KeyboardInterrupt instead can land inside a garbage-collection callback (where Python
+  ignores it and prints a traceback) or crash the interpreter's teardown while XLA or
+  orbax threads run."""
+  from mia_jax.rundir import release_held_locks
+  release_held_locks()
+  try:
+    os.write(2, b"mia-jax: interrupted; rerun the same command to resume\n")
+  finally:
+    os._exit(130)
+
+
 def entry() -> None:
-  """The ``mia-jax`` console script: :func:`main`, then an immediate exit after an
-  interrupt (the interpreter's teardown while XLA or orbax threads are busy can crash;
-  every file is already complete or absent, so nothing is lost)."""
+  """The ``mia-jax`` console script: :func:`main`, exiting with 130 at once on Ctrl-C
+  (:func:`_exit_on_interrupt`)."""
+  import signal
+  signal.signal(signal.SIGINT, _exit_on_interrupt)
   try:
     code = main()
   except KeyboardInterrupt:  # between main's own handler and here

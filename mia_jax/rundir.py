@@ -81,6 +81,21 @@ def refuse_finished(path: str) -> None:
                         "or choose another --out")
 
 
+_HELD: set[str] = set()
+"""Lock files this process holds (released by :func:`release_held_locks` on an abrupt exit)."""
+
+
+def release_held_locks() -> None:
+  """Removes every lock this process holds (for an immediate exit on Ctrl-C: the files
+  themselves are complete or temporary, as after ``kill -9``)."""
+  for lock in list(_HELD):
+    try:
+      os.remove(lock)
+    except OSError:
+      pass
+    _HELD.discard(lock)
+
+
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -206,6 +221,7 @@ class RunDir:
       try:
         os.link(tmp, lock)  # atomic: fails if a lock exists
         self._locked = True
+        _HELD.add(lock)
         return
       except FileExistsError:
         holder = self._holder(lock)
@@ -232,6 +248,7 @@ class RunDir:
           with os.fdopen(fd, "w") as f:
             json.dump(info, f)
           self._locked = True
+          _HELD.add(lock)
           return
         raise
       finally:
@@ -258,10 +275,12 @@ class RunDir:
   def close(self) -> None:
     """Releases the lock (idempotent)."""
     if self._locked:
+      lock = os.path.join(self.path, LOCK)
       try:
-        os.remove(os.path.join(self.path, LOCK))
+        os.remove(lock)
       except FileNotFoundError:
         pass
+      _HELD.discard(lock)
       self._locked = False
 
   def __enter__(self) -> "RunDir":

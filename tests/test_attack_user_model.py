@@ -2,6 +2,7 @@
 optax loop and saved every epoch with orbax's StandardCheckpointer as a TrainState-like
 dict, attacked on every checkpoint with every black-box and white-box attack."""
 
+import functools
 import json
 import os
 import sys
@@ -30,6 +31,17 @@ USER_MODULE = textwrap.dedent('''
     def make():
       return from_linen(CNN(), input_shape=(8, 8, 1), num_classes=10)
 ''')
+
+
+def _step(module, tx, xs, ys, params, opt):
+  import jax
+  import optax
+
+  def loss(p):
+    return optax.softmax_cross_entropy_with_integer_labels(
+        module.apply({"params": p}, xs), ys).mean()
+  upd, opt = tx.update(jax.grad(loss)(params), opt, params)
+  return optax.apply_updates(params, upd), opt
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +83,21 @@ def user_run(tmp_path_factory):
       params, opt = step(params, opt)
     ckpt.save(root / "ckpt" / f"epoch_{epoch}", {"params": params, "opt_state": opt,
                                                  "step": (epoch + 1) * 20})
+  # The user's own reference models for LiRA / RMIA: each on a random half of the
+  # candidates (members and non-members), trained like the target.
+  cand = np.concatenate([members, nonmembers])
+  from mia_jax.data import keep_matrix
+  keep = np.zeros((4, len(x)), bool)
+  keep[:, cand] = keep_matrix(4, cand.size, seed=0)  # each candidate IN for 2 of the 4
+  for m in range(4):
+    rows = np.flatnonzero(keep[m])
+    p = module.init(jax.random.key(10 + m), x[:1])["params"]
+    o = tx.init(p)
+    ref_step = jax.jit(functools.partial(_step, module, tx, x[rows], y[rows]))
+    for _ in range(100):
+      p, o = ref_step(p, o)
+    ckpt.save(root / "refs" / f"ref_{m}", {"params": p})
+  np.save(root / "ref_keep.npy", keep)
   ckpt.wait_until_finished()
   ckpt.close()
   yield root, module, members, nonmembers
@@ -85,13 +112,16 @@ def test_cli_attacks_every_checkpoint_of_a_user_linen_model(user_run, monkeypatc
   code = cli.main(["attack", "--model", "user_model_for_test:make", "--checkpoints",
                    str(root / "ckpt"), "--dataset", "digits", "--members",
                    str(root / "members.npy"), "--nonmembers", str(root / "nonmembers.txt"),
-                   "--out", str(out), "--layers", "Dense_0", "--epochs", "3", "--quiet"])
+                   "--out", str(out), "--layers", "Dense_0", "--epochs", "3", "--quiet",
+                   "--reference-checkpoints", str(root / "refs"), "--reference-keep",
+                   str(root / "ref_keep.npy")])
   assert code == 0
   res = json.loads((out / "checkpoint_results.json").read_text())
   names = [c["name"] for c in res["checkpoints"]]
   assert names == [f"epoch_{i}" for i in range(5)]
-  every = {"loss", "confidence", "entropy", "modified_entropy", "correctness",
-           "gradient-norm", "stolen-memories", "nasr"}
+  every = {"loss", "confidence", "entropy", "modified_entropy", "correctness", "lira",
+           "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline", "gradient-norm",
+           "stolen-memories", "nasr"}
   for c in res["checkpoints"]:
     assert set(c["attacks"]) == every
     assert all(0 <= a["auc"] <= 1 for a in c["attacks"].values())
