@@ -267,24 +267,16 @@ def _coerce_fields(config) -> None:
   def put(name, v):
     object.__setattr__(config, name, v)
 
-  for f in _FLOATS:
-    put(f, as_float(getattr(config, f), f))
-  for f in _OPTIONAL_FLOATS:
-    if getattr(config, f) is not None:
-      put(f, as_float(getattr(config, f), f))
-  for f in _INTS:
-    put(f, as_int(getattr(config, f), f))
-  for f in _OPTIONAL_INTS:
-    if getattr(config, f) is not None:
-      put(f, as_int(getattr(config, f), f))
+  for names, coerce, optional in ((_FLOATS, as_float, False), (_OPTIONAL_FLOATS, as_float, True),
+                                  (_INTS, as_int, False), (_OPTIONAL_INTS, as_int, True),
+                                  (_NAME_LISTS, _name_list, False),
+                                  (_OPTIONAL_NAME_LISTS, _name_list, True)):
+    for f in names:
+      if not (optional and getattr(config, f) is None):
+        put(f, coerce(getattr(config, f), f))
   for f in _STRS:
     if not isinstance(getattr(config, f), str) or not getattr(config, f):
       raise MiaInputError(f"{f}: expected a non-empty string, got {getattr(config, f)!r}")
-  for f in _NAME_LISTS:
-    put(f, _name_list(getattr(config, f), f))
-  for f in _OPTIONAL_NAME_LISTS:
-    if getattr(config, f) is not None:
-      put(f, _name_list(getattr(config, f), f))
   for f in _MAPPINGS:
     v = getattr(config, f)
     if v is None:
