@@ -357,7 +357,10 @@ def _attack_user_model(args, log):
   tcfg = TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
                      epochs=args.epochs, batch_size=args.batch_size)
   sys.path.insert(0, os.getcwd())  # a factory module beside the user's code
-  model = load_factory(args.model)
+  try:
+    model = load_factory(args.model)
+  finally:
+    sys.path.remove(os.getcwd())
   dataset = args.dataset
   if dataset.endswith(".npz") or os.sep in dataset:
     dataset = os.path.abspath(os.path.expanduser(dataset))
