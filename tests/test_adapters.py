@@ -402,3 +402,21 @@ def test_a_raw_flax_module_anywhere_is_our_error_with_the_adapter_to_use(cnn, nn
       call(module)
     with pytest.raises(MiaInputError, match="from_nnx"):
       call(nnx_cnn[0])
+
+
+def test_cut_and_frozen_part_agree_with_the_conservative_dataflow_walk(resnet, monkeypatch):
+  """Without JAX's private dce_jaxpr the conservative jaxpr walk decides the same cuts
+  and the same part above a block tap for this ResNet."""
+  from mia_jax.models import adapters
+  module, v, x, y = resnet
+  model = from_linen(module, input_shape=SHAPE, num_classes=K,
+                     taps=["ResNetBlock_0/Conv_0", "ResNetBlock_0", "ResNetBlock_1"])
+  want = model.above_mask("ResNetBlock_0")
+  import jax._src.interpreters.partial_eval as pe
+  monkeypatch.delattr(pe, "dce_jaxpr")
+  closed = jax.make_jaxpr(lambda a, b: (a * 2, jnp.sin(a)))(1.0, 2.0)
+  assert adapters.used_inputs(closed) == [True, False]
+  assert jax.tree.leaves(model.above_mask("ResNetBlock_0")) == jax.tree.leaves(want)
+  model.check_cut(["ResNetBlock_0", "ResNetBlock_1"])
+  with pytest.raises(MiaInputError, match="not a cut"):
+    model.check_cut(["ResNetBlock_0/Conv_0"])

@@ -160,7 +160,6 @@ class TappedModel:
     """Refuses, before any compute, a tap that is not a cut of the network: the logits
     computed from the tap's activation still depend on the input (a skip connection
     crosses the tap). Decided from the jaxpr's dataflow after dead-code elimination."""
-    from jax._src.interpreters import partial_eval as pe
     variables = jax.eval_shape(self.init, jax.random.key(0))
     shapes = self.layer_shapes()
     for layer in layers:
@@ -172,9 +171,7 @@ class TappedModel:
       def replaced(vv, xx, hh, layer=layer):
         return self.forward(vv, xx, lambda name, a: hh if name == layer else a)
 
-      closed = jax.make_jaxpr(replaced)(variables, x, h)
-      _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars),
-                             instantiate=False)
+      used = used_inputs(jax.make_jaxpr(replaced)(variables, x, h))
       if used[len(jax.tree.leaves(variables))]:  # the input x
         raise MiaInputError(
             f"layers: tap {layer!r} of model {self.name!r} is not a cut of the network: the "
@@ -208,14 +205,12 @@ class TappedModel:
   def above_mask(self, layer: str):
     """A pytree of bools like the variables: True where a leaf enters ``g_layer`` (the
     part above the tap), from the jaxpr's dataflow after dead-code elimination."""
-    from jax._src.interpreters import partial_eval as pe
     variables = self._abstract_variables()
     if layer == INPUT:
       return jax.tree.map(lambda _: True, variables)
     shape = self.layer_shapes()[layer]
     h = jax.ShapeDtypeStruct((1,) + shape, jnp.float32)
-    closed = jax.make_jaxpr(lambda v, hh: self.g(v, hh, layer))(variables, h)
-    _, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars), instantiate=False)
+    used = used_inputs(jax.make_jaxpr(lambda v, hh: self.g(v, hh, layer))(variables, h))
     leaves, treedef = jax.tree.flatten(variables)
     return jax.tree.unflatten(treedef, [bool(u) for u in used[:len(leaves)]])
 
@@ -268,6 +263,35 @@ class UpperModel:
       return parent.train_forward(variables, h, lambda n, a: a, dropout_key)
     x = jnp.zeros((h.shape[0],) + parent.input_shape, jnp.float32)
     return parent.train_forward(variables, x, lambda n, a: h if n == layer else a, dropout_key)
+
+
+def used_inputs(closed) -> list[bool]:
+  """Which inputs of a traced function its outputs depend on.
+
+  JAX's own dead-code elimination (``dce_jaxpr``, which looks inside nested calls) when
+  this JAX has it; otherwise a conservative forward walk over the jaxpr in which every
+  output of an equation depends on all its inputs (it can only report more inputs as
+  used: a cut may then be refused, never wrongly accepted).
+  """
+  outs = [True] * len(closed.jaxpr.outvars)
+  try:
+    from jax._src.interpreters import partial_eval as pe
+    return [bool(u) for u in pe.dce_jaxpr(closed.jaxpr, outs, instantiate=False)[1]]
+  except Exception:  # noqa: BLE001 - a private API; fall back to the walk below
+    return _used_inputs_conservative(closed.jaxpr)
+
+
+def _used_inputs_conservative(jaxpr) -> list[bool]:
+  deps: dict[Any, frozenset] = {v: frozenset([i]) for i, v in enumerate(jaxpr.invars)}
+
+  def of(v):
+    return deps.get(v, frozenset()) if not hasattr(v, "val") else frozenset()
+  for eqn in jaxpr.eqns:
+    d = frozenset().union(*[of(v) for v in eqn.invars]) if eqn.invars else frozenset()
+    for v in eqn.outvars:
+      deps[v] = d
+  used = frozenset().union(*[of(v) for v in jaxpr.outvars]) if jaxpr.outvars else frozenset()
+  return [i in used for i in range(len(jaxpr.invars))]
 
 
 def _check_shape_args(input_shape, num_classes, what: str) -> tuple[tuple[int, ...], int]:
