@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from mia_jax._validation import MiaInputError
+from mia_jax._validation import MiaInputError, check_indices
 from mia_jax.models.adapters import check_model
 
 THRESHOLD = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
@@ -86,20 +86,17 @@ def load_factory(spec: str):
 
 
 def warn_if_not_logits(logits: np.ndarray, log: Callable[[str], None]) -> str | None:
-  """A warning when a model's outputs look like probabilities or log-probabilities
-  (every row sums to 1, or has logsumexp 0) rather than logits."""
+  """A warning when a model's outputs look like probabilities (every row non-negative and
+  summing to 1) rather than logits."""
+  # (log-probabilities are logits up to a constant: the signals are the same, no warning)
   z = np.asarray(logits, np.float64)
   if z.ndim != 2 or z.shape[0] == 0:
     return None
-  if np.all(z >= 0) and np.allclose(z.sum(-1), 1.0, atol=1e-3):
-    msg = ("the model's outputs look like probabilities (rows sum to 1), not logits; "
-           "every signal treats them as logits, so return logits (drop the softmax)")
-  elif np.allclose(np.logaddexp.reduce(z, axis=-1), 0.0, atol=1e-3):
-    msg = None  # log-probabilities are logits up to a constant: the signals are the same
-  else:
-    msg = None
-  if msg:
-    log(f"warning: {msg}")
+  if not (np.all(z >= 0) and np.allclose(z.sum(-1), 1.0, atol=1e-3)):
+    return None
+  msg = ("the model's outputs look like probabilities (rows sum to 1), not logits; "
+         "every signal treats them as logits, so return logits (drop the softmax)")
+  log(f"warning: {msg}")
   return msg
 
 
@@ -159,14 +156,14 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
     raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
   x, y = check_model(model).check_inputs(x, y)
   n = x.shape[0]
-  members = _indices(members, n, "members")
-  nonmembers = _indices(nonmembers, n, "nonmembers")
+  members = check_indices(members, n, "members")  # also refuses duplicates
+  nonmembers = check_indices(nonmembers, n, "nonmembers")
   if np.intersect1d(members, nonmembers).size:
     raise MiaInputError("members, nonmembers: an example is in both")
   if auxiliary is None:
     aux = np.setdiff1d(np.arange(n), np.concatenate([members, nonmembers]))
   else:
-    aux = _indices(auxiliary, n, "auxiliary")
+    aux = check_indices(auxiliary, n, "auxiliary")
     if np.intersect1d(aux, members).size:
       raise MiaInputError("auxiliary: the attacker's data must not hold the target's members")
   needs_aux = [a for a in attacks if a in ("stolen-memories", "nasr")]
@@ -199,7 +196,7 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
 
   t0 = time.perf_counter()
   sig = blackbox_signals(model, variables, xe, ye, stacked=True, microbatch_size=microbatch_size)
-  msg = warn_if_not_logits(np.asarray(_first_logits(model, variables, xe[:64])), log)
+  msg = warn_if_not_logits(sig["logits"][0], log)
   if msg:
     warnings.append(msg)
   thr = [a for a in attacks if a in THRESHOLD]
@@ -234,18 +231,22 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
       if stage != "total":
         scores[f"gradient-norm/{stage}"] = -v.astype(np.float64)
   calibrated: dict[str, list] = {}
+  def each_checkpoint(label, run_one):
+    """run_one(variables of checkpoint i) for every checkpoint, in order."""
+    outs = []
+    for i, nm in enumerate(names):
+      log(f"{nm}: {label}")
+      outs.append(run_one(jax.tree.map(lambda a, i=i: a[i], variables)))
+    return outs
+
   if "stolen-memories" in attacks:
     from mia_jax.attacks import stolen_memories as sm
     cfg = sm.StolenMemoriesConfig(layers=None if whitebox_layers is None else tuple(whitebox_layers),
                                   microbatch_size=min(microbatch_size, 256))
-    outs = []
-    for i, nm in enumerate(names):
-      log(f"{nm}: Stolen Memories")
-      res = sm.run_attack(model, jax.tree.map(lambda a, i=i: a[i], variables), x[aux], y[aux],
-                          xe, ye, target_train_size=members.size, config=cfg, train_config=tcfg,
-                          setting="shadow", target_precision=target_precision, seed=seed,
-                          progress=progress)
-      outs.append(res)
+    outs = each_checkpoint("Stolen Memories", lambda v: sm.run_attack(
+        model, v, x[aux], y[aux], xe, ye, target_train_size=members.size, config=cfg,
+        train_config=tcfg, setting="shadow", target_precision=target_precision, seed=seed,
+        progress=progress))
     scores["stolen-memories"] = np.stack([r.meta_scores for r in outs]).astype(np.float64)
     for layer in outs[0].layer_scores:
       scores[f"stolen-memories/{layer}"] = np.stack(
@@ -256,13 +257,10 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
     from mia_jax.attacks import nasr
     ncfg = nasr.NasrConfig(layers=None if gradient_layers is None else tuple(gradient_layers),
                            microbatch_size=min(microbatch_size, 128))
-    outs = []
-    for i, nm in enumerate(names):
-      log(f"{nm}: Nasr et al.")
-      outs.append(nasr.run_attack(model, jax.tree.map(lambda a, i=i: a[i], variables), x[aux],
-                                  y[aux], xe, ye, target_train_size=members.size, config=ncfg,
-                                  train_config=tcfg, target_precision=target_precision,
-                                  seed=seed, progress=progress, log=log))
+    outs = each_checkpoint("Nasr et al.", lambda v: nasr.run_attack(
+        model, v, x[aux], y[aux], xe, ye, target_train_size=members.size, config=ncfg,
+        train_config=tcfg, target_precision=target_precision, seed=seed, progress=progress,
+        log=log))
     scores["nasr"] = np.stack([r.scores for r in outs]).astype(np.float64)
     calibrated["nasr"] = [(r.threshold, r.calibration) for r in outs]
     warnings += size_warnings("nasr", outs[0].calibration, members.size, log)
@@ -287,16 +285,6 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   return results
 
 
-def _indices(idx, n: int, name: str) -> np.ndarray:
-  from mia_jax._validation import check_indices
-  arr = check_indices(idx, n, name)
-  if np.unique(arr).size != arr.size:
-    raise MiaInputError(f"{name}: duplicate indices")
-  return arr
-
-
-def _first_logits(model, stacked, x):
-  return model.apply(jax.tree.map(lambda a: a[0], stacked), x)
 
 
 def _write(out, results, scores, is_member, labels, model, dataset_name, x, members,

@@ -75,7 +75,7 @@ def refuse_finished(path: str) -> None:
   else:
     res = os.path.join(path, "results.json")
     finished = (os.path.isdir(path) and not os.path.exists(os.path.join(path, MARKER))
-                and os.path.exists(res) and RunDir(path, "audit", print)._legacy_run())
+                and os.path.exists(res) and _legacy_run(path))
   if finished:
     raise MiaInputError(f"out: {path} holds a finished run; pass --overwrite to replace it, "
                         "or choose another --out")
@@ -94,6 +94,26 @@ def release_held_locks() -> None:
     except OSError:
       pass
     _HELD.discard(lock)
+
+
+def _legacy_run(path: str) -> bool:
+  """A run directory written before the marker existed: a config.json or results.json
+  that mia-jax wrote (recognized by their keys)."""
+  try:
+    res = read_json(os.path.join(path, "results.json"), "results")
+    if isinstance(res, dict) and "schema_version" in res and "attacks" in res:
+      return True
+  except MiaInputError:
+    pass
+  try:
+    cfg = read_json(os.path.join(path, "config.json"), "config")
+  except MiaInputError:
+    return False
+  import dataclasses
+
+  from mia_jax.audit import AuditConfig
+  keys = {f.name for f in dataclasses.fields(AuditConfig)}
+  return isinstance(cfg, dict) and "dataset" in cfg and set(cfg) <= keys
 
 
 def _now() -> str:
@@ -176,7 +196,7 @@ class RunDir:
       names = os.listdir(self.path)
     except OSError as e:
       raise MiaInputError(f"out: cannot read {self.path}: {e.strerror}") from e
-    if not names or MARKER in names or self._legacy_run():
+    if not names or MARKER in names or _legacy_run(self.path):
       return
     if overwrite:
       raise MiaInputError(
@@ -188,25 +208,6 @@ class RunDir:
       raise MiaInputError(
           f"out: {self.path} is not a mia-jax run directory (no {MARKER} marker) and holds "
           f"{clash}, which the run would overwrite. Choose a new or empty directory.")
-
-  def _legacy_run(self) -> bool:
-    """A run directory written before the marker existed: a config.json or results.json
-    that mia-jax wrote (recognized by their keys)."""
-    try:
-      res = read_json(os.path.join(self.path, "results.json"), "results")
-      if isinstance(res, dict) and "schema_version" in res and "attacks" in res:
-        return True
-    except MiaInputError:
-      pass
-    try:
-      cfg = read_json(os.path.join(self.path, "config.json"), "config")
-    except MiaInputError:
-      return False
-    import dataclasses
-
-    from mia_jax.audit import AuditConfig
-    keys = {f.name for f in dataclasses.fields(AuditConfig)}
-    return isinstance(cfg, dict) and "dataset" in cfg and set(cfg) <= keys
 
   # -- the lock ----------------------------------------------------------------------------
 
@@ -305,7 +306,7 @@ class RunDir:
         return
       self.log(f"{mpath} is corrupt; rebuilding it from what mia-jax writes (the data "
                "this run started with can no longer be checked)")
-    if os.path.exists(os.path.join(self.path, MARKER)) or self._legacy_run():
+    if os.path.exists(os.path.join(self.path, MARKER)) or _legacy_run(self.path):
       # A marker without a manifest (killed between the two writes), or an older run:
       # adopt what mia-jax writes that is there.
       found = [n for n in LEGACY_NAMES if os.path.lexists(os.path.join(self.path, n))]
