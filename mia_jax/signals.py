@@ -12,7 +12,7 @@ compiled, microbatched pass.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -218,16 +218,20 @@ def _compiled_logits(model: LayeredModel, stacked: bool):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_signals(model: LayeredModel, stacked: bool, mesh: jax.sharding.Mesh | None = None,
-                      defenses: tuple = ()):
+                      defenses: tuple = (), names: tuple[str, ...] | None = None):
   from mia_jax.defenses import apply_defenses
 
-  def batch(variables, xb, yb):
+  def every(variables, xb, yb):
     logits = model.apply(variables, xb)
     if not defenses:
       return {"logits": logits, **signals_from_logits(logits, yb)}
     probs = apply_defenses(logits, defenses)
     return {"logits": jnp.log(jnp.maximum(probs, PROB_FLOOR)), "probs": probs,
             **signals_from_probs(probs, yb)}
+
+  def batch(variables, xb, yb):  # only what was asked for leaves the device
+    out = every(variables, xb, yb)
+    return out if names is None else {k: out[k] for k in names}
   shardings = {}
   if mesh is not None:  # models split over "model", the chunk replicated, outputs per model
     per_model, whole = stacked_sharding(mesh), replicated_sharding(mesh)
@@ -248,8 +252,8 @@ def predict_logits(model: LayeredModel, variables: Variables, x, *, microbatch_s
 
 def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
                      microbatch_size: int = 1024, stacked: bool = False,
-                     mesh: jax.sharding.Mesh | None = None, defenses=()
-                     ) -> dict[str, np.ndarray]:
+                     mesh: jax.sharding.Mesh | None = None, defenses=(),
+                     names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """All black-box signals of one model (or M stacked models) on (x, y).
 
   Args:
@@ -265,9 +269,14 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
       e.g. ``("top-k=3",)``): the signals are then those of the defended probability
       vectors (:func:`signals_from_probs`), as an attacker querying that API sees them.
 
+    names: only these signals (of SIGNAL_NAMES, "logits", and "probs" with defenses): the
+      rest is never copied off the device, so host memory holds [M, N] per signal and not
+      the [M, N, K] logits (LiRA and RMIA need two numbers per model and example).
+
   Returns:
-    {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays. With
-    defenses, "probs" holds the returned vectors and "logits" their logarithms.
+    {"logits": [(M,) N, K], and each of SIGNAL_NAMES: [(M,) N]} as NumPy arrays (or the
+    ``names`` only). With defenses, "probs" holds the returned vectors and "logits" their
+    logarithms.
   """
   from mia_jax.defenses import parse_defenses
   x, y = check_model(model).check_inputs(x, y)
@@ -277,7 +286,13 @@ def blackbox_signals(model: LayeredModel, variables: Variables, x, y, *,
     if not stacked:
       raise MiaInputError("mesh: sharding over devices needs stacked=True (M models)")
     variables = shard_stacked(variables, check_mesh(mesh, m))
-  fn = _compiled_signals(model, stacked, mesh, defenses)
+  if names is not None:
+    names = tuple(dict.fromkeys(names))
+    known = SIGNAL_NAMES + ("logits",) + (("probs",) if defenses else ())
+    bad = [k for k in names if k not in known]
+    if bad or not names:
+      raise MiaInputError(f"names: unknown signal(s) {bad}; expected some of {list(known)}")
+  fn = _compiled_signals(model, stacked, mesh, defenses, names)
   out = run_microbatched(lambda xb, yb: fn(variables, xb, yb), [x, y], microbatch_size,
                          out_axis=1 if stacked else 0)
   if mesh is not None:
