@@ -544,3 +544,74 @@ def augmentations(x: Any, *, flip: bool = True,
     for dy, dx in offs:
       out.append(padded[:, p + dy:p + dy + h, p + dx:p + dx + w, :])
   return jnp.stack(out)
+
+
+# ---------------------------------------------------------------------------
+# The registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score.
+# ---------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from mia_jax.attacks.base import Attack, option  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class LiraConfig:
+  """LiRA's variant.
+
+  Attributes:
+    online: IN vs OUT likelihood ratio; else the one-sided test against OUT only.
+    fix_variance: one global std per side (pooled over examples).
+    center: "mean" (the paper) or "median" (the reference code).
+    eps: added to every std; None: the reference code's 1e-30, or 1e-3 when the
+      references' outputs are discretized (a defended API) or there are only 2 of them
+      (one IN and one OUT value per example: zero spread).
+    augmentations: the query views the signals were computed with (recorded only).
+  """
+  online: bool = True
+  fix_variance: bool = False
+  center: str = "mean"
+  eps: float | None = None
+  augmentations: str = "none"
+
+
+def fit_attack(config: LiraConfig, side) -> dict:
+  """Fits the per-example Gaussians on ``side["reference"]`` (validated here)."""
+  ref = side["reference"]
+  signals = ref["scaled_logit"]
+  stats = lira_fit(signals, ref["keep"], online=config.online,
+                   fix_variance=config.fix_variance, center=config.center)
+  eps = config.eps
+  if eps is None:
+    # A defended API discretizes outputs, so reference signals often tie exactly; with
+    # 2 references each example has one IN and one OUT value: zero spread. There a std
+    # floor keeps the Gaussians proper (float32 cannot square the reference code's 1e-30).
+    eps = 1e-3 if ref.get("discrete") or np.shape(signals)[0] == 2 else 1e-30
+  return {"stats": stats, "eps": jnp.asarray(_check_eps(eps), _float_dtype())}
+
+
+def score_attack(state: dict, signals) -> jax.Array:
+  """Pure: the target's ``scaled_logit`` ([N] or [N, A]) against the fitted Gaussians."""
+  stats = state["stats"]
+  t = jnp.asarray(signals["scaled_logit"], stats.mean_out.dtype)
+  t = t.reshape(stats.mean_out.shape)
+  return _score(stats, t, state["eps"], online=stats.mean_in is not None)
+
+
+def _lira(name: str, online: bool, fix_variance: bool, summary: str) -> Attack:
+  return Attack(
+      name=name, family="reference", summary=summary,
+      paper="Carlini et al., S&P 2022", needs=("scaled_logit",), attacker=("reference",),
+      configure=lambda o: LiraConfig(online=online, fix_variance=fix_variance,
+                                     augmentations=option(o, "lira_augmentations", "none")),
+      fit=fit_attack, score=score_attack,
+      details=lambda config, state, signals: ({}, {"augmentations": config.augmentations}))
+
+
+ATTACKS = (
+    _lira("lira", True, False, "likelihood ratio of the IN and OUT reference Gaussians"),
+    _lira("lira-offline", False, False, "one-sided test against the OUT reference Gaussian"),
+    _lira("lira-fixed-variance", True, True, "online LiRA with one pooled std per side"),
+    _lira("lira-offline-fixed-variance", False, True,
+          "offline LiRA with one pooled OUT std"),
+)

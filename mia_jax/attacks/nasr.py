@@ -502,6 +502,34 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     seed: fixes the partition, shadow training and the attack model.
     train_shadow: optional ``(x, y, indices, seed) -> variables`` that trains the shadow.
   """
+  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
+  state = fit_attacker(model, aux_x, aux_y, target_train_size=target_train_size, config=config,
+                       train_config=train_config, target_precision=target_precision, seed=seed,
+                       progress=progress, work_dir=work_dir, train_shadow=train_shadow, log=log,
+                       num_eval=eval_x.shape[0])
+  return NasrResult(score_target(model, state, target_variables, eval_x, eval_y),
+                    state.threshold, state.calibration, state.attacker_scores)
+
+
+class AttackerState(NamedTuple):
+  """Everything :func:`run_attack` fits before it looks at the target: the attack network
+  (trained on a shadow target's gradients) and its calibrated threshold."""
+  network: NasrState
+  threshold: float
+  calibration: dict
+  attacker_scores: dict
+  layers: tuple[str, ...]
+  config: NasrConfig
+
+
+def fit_attacker(model: LayeredModel, aux_x, aux_y, *, target_train_size: int,
+                 config: NasrConfig = NasrConfig(), train_config=None,
+                 target_precision: float = 0.9, seed: int = 0, progress=None,
+                 work_dir: str | None = None, train_shadow: Callable | None = None,
+                 log: Callable[[str], None] | None = None, num_eval: int = 0) -> AttackerState:
+  """The attacker's side of :func:`run_attack` (which does not depend on the target: the
+  attack network learns from a shadow target, so one fit scores every checkpoint).
+  ``num_eval`` counts the examples to be scored later in the feature-memory check."""
   from mia_jax.attacks.stolen_memories import partition_attacker_data
   from mia_jax.metrics import calibrate_threshold
   from mia_jax.train import TrainConfig, train_model
@@ -510,11 +538,10 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   layers = check_layers(model, config.layers)
   check_in_range(target_precision, "target_precision", 0.0, 1.0)
   aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
-  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
                                   setting="shadow", seed=seed)
   shapes = feature_shapes(model, layers, activations=config.activations)
-  n_feat = parts.shadow_in.size + parts.shadow_out.size + eval_x.shape[0]
+  n_feat = parts.shadow_in.size + parts.shadow_out.size + num_eval
   nbytes = 4 * n_feat * sum(int(np.prod(s)) for s in shapes.values())
   if nbytes > config.max_feature_bytes:
     raise MiaInputError(
@@ -537,14 +564,67 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                                 log=log)
   val_scores = predict(state, _take(feats, val))
   threshold = calibrate_threshold(val_scores, is_member[val], target_precision=target_precision)
-  target_feats = attack_features(model, target_variables, eval_x, eval_y, layers=layers,
-                                 microbatch_size=config.microbatch_size,
-                                 activations=config.activations)
-  scores = predict(state, target_feats)
   calibration = {"setting": "shadow", "target_precision": float(target_precision),
                  "layers": list(layers), "activations": bool(config.activations),
                  "attacker_examples": int(idx.size), "shadow_size": int(parts.shadow_in.size),
                  "calibration_examples": int(val.size), "best_epoch": state.best_epoch + 1,
                  "epochs": config.epochs, "val_loss": state.history["val_loss"]}
-  return NasrResult(scores, float(threshold), calibration,
-                    {"scores": val_scores, "is_member": is_member[val]})
+  return AttackerState(state, float(threshold), calibration,
+                       {"scores": val_scores, "is_member": is_member[val]}, layers, config)
+
+
+def score_target(model: LayeredModel, state: AttackerState, target_variables: Variables,
+                 eval_x, eval_y) -> np.ndarray:
+  """The attack network's member logits float[N] for the target's examples."""
+  feats = attack_features(model, target_variables, eval_x, eval_y, layers=state.layers,
+                          microbatch_size=state.config.microbatch_size,
+                          activations=state.config.activations)
+  return predict(state.network, feats)
+
+
+# -- the registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score -----------
+
+from mia_jax.attacks.base import Attack, option  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class NasrAttackConfig:
+  """:func:`run_attack`'s settings (``attack``: the network's hyperparameters)."""
+  attack: NasrConfig = NasrConfig()
+  target_precision: float = 0.9
+  seed: int = 0
+
+
+def fit_attack(config: NasrAttackConfig, side) -> AttackerState:
+  wb = side["whitebox"]
+  return fit_attacker(wb["model"], wb["aux_x"], wb["aux_y"],
+                      target_train_size=wb["target_train_size"], config=config.attack,
+                      train_config=wb["train_config"], target_precision=config.target_precision,
+                      seed=config.seed, progress=wb.get("progress"),
+                      train_shadow=wb.get("train_shadow"), log=wb.get("log"),
+                      num_eval=wb.get("num_eval", 0))
+
+
+def _score(state: AttackerState, signals):
+  model, variables, x, y = signals["model"]
+  return score_target(model, state, variables, x, y)
+
+
+def _configure(o) -> NasrAttackConfig:
+  layers = option(o, "gradient_layers", None)
+  return NasrAttackConfig(
+      attack=NasrConfig(layers=None if layers is None else tuple(layers),
+                        microbatch_size=min(int(option(o, "microbatch_size", 128)), 128)),
+      target_precision=float(option(o, "target_precision", 0.9)),
+      seed=int(option(o, "seed", 0)))
+
+
+ATTACK = Attack(
+    name="nasr", family="whitebox",
+    summary="attack network on per-example gradients, losses and outputs, calibrated",
+    paper="Nasr, Shokri & Houmansadr, S&P 2019", needs=("model",), attacker=("whitebox",),
+    configure=_configure, fit=fit_attack, score=_score,
+    details=lambda config, state, signals: (
+        {}, {"threshold": state.threshold, "calibration": state.calibration}),
+    traceable=False)
+ATTACKS = (ATTACK,)

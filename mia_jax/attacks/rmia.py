@@ -265,3 +265,61 @@ def rmia_scores(p_target_x: Any, p_target_z: Any, p_ref_x: Any, p_ref_z: Any, *,
   check_positive_int(chunk_size, "chunk_size")
   state = rmia_fit(px, pz, keep=keep, offline_a=offline_a)
   return rmia_score(state, p_target_x, p_target_z, gamma=gamma, chunk_size=chunk_size)
+
+
+# ---------------------------------------------------------------------------
+# The registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score.
+# ---------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from mia_jax.attacks.base import Attack, option  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class RmiaConfig:
+  """RMIA's settings: ``offline_a`` None for the online attack, else the offline ``a``;
+  ``gamma`` the likelihood-ratio threshold."""
+  offline_a: float | None = None
+  gamma: float = 1.0
+
+
+def fit_attack(config: RmiaConfig, side) -> dict:
+  """``Pr(x)`` and ``Pr(z)`` from ``side["reference"]`` (validated here)."""
+  ref = side["reference"]
+  state = rmia_fit(ref["confidence"], ref["confidence_z"], keep=ref["keep"],
+                   offline_a=config.offline_a)
+  gamma = check_in_range(config.gamma, "gamma", 0.0, np.inf, low_open=True, high_open=True)
+  return {"rmia": state, "gamma": jnp.asarray(gamma, _float_dtype())}
+
+
+def score_attack(state: dict, signals, chunk_size: int = 4096) -> jax.Array:
+  """Pure: the fraction of population samples z with LR(x, z) >= gamma (the counts are
+  exact; the division by Z is XLA's, so a score may differ from :func:`rmia_score`'s
+  correctly rounded one in the last bit, never in its rank)."""
+  st = state["rmia"]
+  dtype = st.pr_x.dtype
+  tx = jnp.asarray(signals["confidence"], dtype)
+  tz = jnp.asarray(signals["confidence_z"], dtype)
+  tiny = jnp.finfo(dtype).tiny
+  rx, rz = tx / jnp.maximum(st.pr_x, tiny), tz / jnp.maximum(st.pr_z, tiny)
+  rz_sorted = jnp.sort(rz)
+  counts = jax.lax.map(lambda r: _count_one(r, rz_sorted, state["gamma"]), rx,
+                       batch_size=max(1, min(chunk_size, rx.shape[0])))
+  return counts.astype(dtype) / rz.shape[0]
+
+
+def _rmia(name: str, offline: bool, summary: str) -> Attack:
+  return Attack(
+      name=name, family="reference", summary=summary,
+      paper="Zarifzadeh et al., ICML 2024", needs=("confidence", "confidence_z"),
+      attacker=("reference",),
+      configure=lambda o: RmiaConfig(
+          offline_a=float(option(o, "rmia_offline_a", 0.3)) if offline else None),
+      fit=fit_attack, score=score_attack)
+
+
+ATTACKS = (
+    _rmia("rmia", False, "p(x)/Pr(x) against the same ratio on population samples z"),
+    _rmia("rmia-offline", True, "RMIA with OUT references only, Pr(x) from the a-rule"),
+)

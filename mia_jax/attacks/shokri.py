@@ -459,3 +459,72 @@ def _synthetic(query_fn, num_records, seed, x, num_features, options) -> ShadowD
     raise MiaInputError(f"synthesis_options: {e}") from e
   return ShadowData(res.records[res.success], res.labels[res.success],
                     res.queries[res.success], int(num_records))
+
+
+# -- the registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score ----------
+
+from mia_jax.attacks.base import Attack, option  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ShokriAttackConfig:
+  """The attack models' settings (see :func:`fit_shokri`). ``per_class=None``: one attack
+  model per class when every class has in and out shadow records, else one class-agnostic
+  model (reported as ``per_class: false``)."""
+  per_class: bool | None = None
+  kind: str = "logistic"
+  feature: str = "raw"
+  log_probs: bool = False
+  seed: int = 0
+
+
+def fit_attack(config: ShokriAttackConfig, side) -> dict:
+  """Fits the attack model(s) on ``side["shadow"]``: the shadow models' (defended) prediction
+  vectors ``probs [S, R, K]``, the records' ``labels [R]`` and ``keep [S, R]``."""
+  sh = side["shadow"]
+  labels, keep = np.asarray(sh["labels"]), np.asarray(sh["keep"], bool)
+  num_classes = np.shape(sh["probs"])[-1]
+  uncovered = []
+  per_class = config.per_class
+  if per_class is None:
+    counts_in = np.stack([np.bincount(labels[k], minlength=num_classes) for k in keep])
+    counts_out = np.stack([np.bincount(labels[~k], minlength=num_classes) for k in keep])
+    uncovered = np.flatnonzero((counts_in.sum(0) == 0) | (counts_out.sum(0) == 0)).tolist()
+    per_class = not uncovered
+    if uncovered and sh.get("log"):
+      sh["log"](f"shokri: classes {uncovered} have no in or no out shadow records; "
+                "fitting one class-agnostic attack model")
+  state = fit_shokri(sh["probs"], labels, keep, per_class=per_class, kind=config.kind,
+                     feature=config.feature, log_probs=config.log_probs, seed=config.seed)
+  return {"shokri": state, "uncovered": uncovered}
+
+
+def score_attack(state: dict, signals) -> jax.Array:
+  """Pure: every class's attack model scores every record ([K, N] logits, at most K times
+  the work of routing, in no more memory than the inputs), and each record keeps its own
+  class's (``per_class``) -- :func:`score_shokri` with the routing done by a gather."""
+  st = state["shokri"]
+  cfg = st.config
+  feats = _features(jnp.asarray(signals["probs"], jnp.float32), cfg.feature, cfg.log_probs)
+  one = jax.vmap(lambda p, f: _classifier.binary_logit(cfg.kind, p, f), in_axes=(None, 0))
+  if not cfg.per_class:
+    return one(st.params, feats)
+  every = jax.vmap(one, in_axes=(0, None))(st.params, feats)  # [K, N]
+  labels = jnp.asarray(signals["labels"], jnp.int32)
+  return jnp.take_along_axis(every, labels[None], axis=0)[0]
+
+
+def _details(config, state, signals):
+  fields = {"per_class": bool(state["shokri"].config.per_class), "decision_threshold": 0.0}
+  if state["uncovered"]:
+    fields["classes_without_shadow_records"] = list(state["uncovered"])
+  return {}, fields
+
+
+ATTACK = Attack(
+    name="shokri", family="shadow",
+    summary="attack model(s) trained on shadow models' in/out prediction vectors",
+    paper="Shokri et al., S&P 2017", needs=("probs", "labels"), attacker=("shadow",),
+    configure=lambda o: ShokriAttackConfig(seed=int(option(o, "seed", 0))),
+    fit=fit_attack, score=score_attack, details=_details)
+ATTACKS = (ATTACK,)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -302,13 +302,44 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
   Returns:
     WhiteboxResult.
   """
+  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
+  state = fit_attacker(model, target_variables, aux_x, aux_y,
+                       target_train_size=target_train_size, config=config,
+                       train_config=train_config, setting=setting, meta_kind=meta_kind,
+                       use_loss=use_loss, target_precision=target_precision,
+                       target_fpr=target_fpr, seed=seed, progress=progress, work_dir=work_dir,
+                       train_shadow=train_shadow)
+  eval_layers, meta_scores = score_target(model, state, target_variables, eval_x, eval_y)
+  return WhiteboxResult(eval_layers, meta_scores, state.threshold, state.calibration,
+                        state.attacker_scores)
+
+
+class AttackerState(NamedTuple):
+  """Everything :func:`run_attack` fits before scoring the target's examples."""
+  proxies: Proxies
+  meta: Any
+  threshold: float
+  calibration: dict
+  attacker_scores: dict
+  config: StolenMemoriesConfig
+  use_loss: bool
+
+
+def fit_attacker(model: LayeredModel, target_variables: Variables, aux_x, aux_y, *,
+                 target_train_size: int, config: StolenMemoriesConfig = StolenMemoriesConfig(),
+                 train_config: TrainConfig = TrainConfig(), setting: str = "shadow",
+                 meta_kind: str = "logistic", use_loss: bool = True,
+                 target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
+                 progress=None, work_dir: str | None = None,
+                 train_shadow: Callable | None = None) -> AttackerState:
+  """The attacker's side of :func:`run_attack` (same arguments, no evaluation examples):
+  the target's proxies, the meta-attack and its calibrated threshold."""
   from mia_jax.attacks.meta import fit_meta, fit_nonmember_meta, score_meta
   from mia_jax.metrics import calibrate_threshold
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import train_model
 
   aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
-  eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
                                   setting=setting, seed=seed)
   size = min(target_train_size, parts.proxy.size)
@@ -356,7 +387,75 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     calibration["shadow_size"] = int(parts.shadow_in.size)
   calibration.update(num_proxies=num_proxies, proxy_size=size, layers=list(target_proxies.means),
                      attacker_examples=int(idx.size), meta_kind=meta.kind, use_loss=use_loss)
-  eval_layers = score(model, target_variables, target_proxies, eval_x, eval_y, config=cfg)
-  meta_scores = score_meta(meta, _features(eval_layers, loss_of(target_variables, eval_x, eval_y)))
-  return WhiteboxResult(eval_layers, meta_scores, float(threshold), calibration,
-                        {"meta": attacker_meta, "is_member": is_member})
+  return AttackerState(target_proxies, meta, float(threshold), calibration,
+                       {"meta": attacker_meta, "is_member": is_member}, cfg, use_loss)
+
+
+def score_target(model: LayeredModel, state: AttackerState, target_variables: Variables,
+                 eval_x, eval_y) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """(per-layer scores, meta scores) of the target's examples."""
+  from mia_jax.attacks.meta import score_meta
+  from mia_jax.signals import blackbox_signals
+  layers = score(model, target_variables, state.proxies, eval_x, eval_y, config=state.config)
+  loss = (blackbox_signals(model, target_variables, eval_x, eval_y)["loss"]
+          if state.use_loss else None)
+  return layers, score_meta(state.meta, _features(layers, loss))
+
+
+# -- the registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score -----------
+
+from mia_jax.attacks.base import Attack, option  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class StolenMemoriesAttackConfig:
+  """:func:`run_attack`'s settings (``attack``: the layer-wise hyperparameters)."""
+  attack: StolenMemoriesConfig = StolenMemoriesConfig()
+  setting: str = "shadow"
+  target_precision: float = 0.9
+  target_fpr: float = 0.01
+  meta_kind: str = "logistic"
+  use_loss: bool = True
+  seed: int = 0
+
+
+def fit_attack(config: StolenMemoriesAttackConfig, side) -> AttackerState:
+  wb = side["whitebox"]
+  work = wb.get("work_dir")
+  return fit_attacker(wb["model"], wb["target"], wb["aux_x"], wb["aux_y"],
+                      target_train_size=wb["target_train_size"], config=config.attack,
+                      train_config=wb["train_config"], setting=config.setting,
+                      meta_kind=config.meta_kind, use_loss=config.use_loss,
+                      target_precision=config.target_precision, target_fpr=config.target_fpr,
+                      seed=config.seed, progress=wb.get("progress"),
+                      work_dir=None if work is None else os.path.join(work, "stolen_memories"),
+                      train_shadow=wb.get("train_shadow"))
+
+
+def _report(config, state: AttackerState, signals):
+  model, variables, x, y = signals["model"]
+  layers, meta = score_target(model, state, variables, x, y)
+  return meta, layers, {"threshold": state.threshold, "calibration": state.calibration}
+
+
+def _configure(o) -> StolenMemoriesAttackConfig:
+  layers = option(o, "layers", None)
+  return StolenMemoriesAttackConfig(
+      attack=StolenMemoriesConfig(
+          layers=None if layers is None else tuple(layers),
+          num_proxies=int(option(o, "num_proxies", 1)),
+          path_steps=int(option(o, "path_steps", 0)),
+          microbatch_size=min(int(option(o, "microbatch_size", 256)), 256)),
+      setting=option(o, "whitebox_setting", "shadow"),
+      target_precision=float(option(o, "target_precision", 0.9)),
+      target_fpr=float(option(o, "target_fpr", 0.01)), seed=int(option(o, "seed", 0)))
+
+
+ATTACK = Attack(
+    name="stolen-memories", family="whitebox",
+    summary="layer-wise linear attacks on target vs proxy Jacobians, meta-attack, calibrated",
+    paper="Leino & Fredrikson, USENIX Security 2020", needs=("model",),
+    attacker=("whitebox",), configure=_configure, fit=fit_attack,
+    score=lambda state, signals: _report(None, state, signals)[0], report=_report,
+    traceable=False, fit_per_target=True)
+ATTACKS = (ATTACK,)

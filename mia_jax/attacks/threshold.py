@@ -75,3 +75,48 @@ def threshold_scores(signals: Signals, names=None) -> dict[str, np.ndarray]:
     raise MiaInputError(f"attacks: unknown threshold attack(s) {unknown}; "
                         f"expected some of {sorted(THRESHOLD_ATTACKS)}")
   return {n: THRESHOLD_ATTACKS[n](signals) for n in names}
+
+
+# -- the registry's shape (mia_jax.attacks.base): fit(config, side) -> state, score -------------
+
+import dataclasses  # noqa: E402
+
+from mia_jax.attacks.base import Attack  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdConfig:
+  """A threshold attack has nothing to configure or fit: its score is a signal."""
+
+
+def fit(config: ThresholdConfig, side=None) -> dict:
+  """Nothing to fit (the threshold is chosen on the scores, by the metrics)."""
+  del config, side
+  return {}
+
+
+def _scorer(signal: str, sign: float):
+  def score(state, signals):
+    import jax.numpy as jnp
+    del state
+    return sign * jnp.asarray(signals[signal], jnp.float32)
+  return score
+
+
+def _threshold(name: str, signal: str, sign: float, summary: str, paper: str = "") -> Attack:
+  return Attack(name=name, family="threshold", summary=summary, paper=paper, needs=(signal,),
+                configure=lambda options: ThresholdConfig(), fit=fit,
+                score=_scorer(signal, sign))
+
+
+ATTACKS = (
+    _threshold("loss", "loss", -1.0, "-loss(x, y): members have lower loss",
+               "Yeom et al., CSF 2018"),
+    _threshold("confidence", "confidence", 1.0, "p_y, the true-class probability"),
+    _threshold("entropy", "entropy", -1.0, "-H(p): members get sharper predictions"),
+    _threshold("modified_entropy", "modified_entropy", -1.0,
+               "-Mentr(p, y), entropy that accounts for the label",
+               "Song & Mittal, USENIX Security 2021"),
+    _threshold("correctness", "correct", 1.0, "1[argmax p = y]: correctly classified => member",
+               "Yeom et al., CSF 2018"),
+)
