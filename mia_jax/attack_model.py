@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from typing import Any, Callable, Sequence
 
 import jax
@@ -27,11 +28,6 @@ import numpy as np
 from mia_jax._validation import MiaInputError, check_indices
 from mia_jax.models.adapters import check_model
 
-THRESHOLD = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
-REFERENCE = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
-WHITEBOX = ("gradient-norm", "stolen-memories", "nasr")
-ATTACKS = THRESHOLD + REFERENCE + WHITEBOX
-REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 
 
 def read_indices(path: str | os.PathLike, n: int, name: str) -> np.ndarray:
@@ -102,7 +98,7 @@ def warn_if_not_logits(logits: np.ndarray, log: Callable[[str], None]) -> str | 
 
 def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
                  stacked: bool = False, names: Sequence[str] | None = None,
-                 attacks: Sequence[str] = ATTACKS, train_config=None,
+                 attacks: Sequence[str] | None = None, train_config=None,
                  whitebox_layers: Sequence[str] | None = None,
                  gradient_layers: Sequence[str] | None = None,
                  target_precision: float = 0.9, seed: int = 0, microbatch_size: int = 256,
@@ -122,8 +118,9 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
       Stolen Memories and Nasr (shadow target, proxies, attack network); default: every
       example that is neither a member nor a non-member.
     names: checkpoint names (default: ``ckpt-0``, ...).
-    attacks: from :data:`ATTACKS` (default: all; LiRA and RMIA only with reference
-      models, the white-box ones only with enough auxiliary data).
+    attacks: names from the registry (:mod:`mia_jax.attacks.registry`); default: every
+      attack the inputs allow (LiRA and RMIA need reference models; the white-box ones
+      enough auxiliary data; attacks that train shadow models run in ``mia-jax audit``).
     reference_variables: the user's own reference models for LiRA / RMIA, M of them
       stacked on a leading axis, each trained like the target on a subset of the data.
     reference_keep: bool[M, len(x)]: ``reference_keep[m, i]`` = example i was in reference
@@ -142,18 +139,22 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
     ``{"checkpoints": [{"name", "train_accuracy", "test_accuracy", "attacks": {...}}],
     "warnings": [...]}``; per-example scores are in ``scores.npz`` when ``out`` is given.
   """
-  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax import pipeline
+  from mia_jax.attacks import registry
   from mia_jax.audit import size_warnings
-  from mia_jax.metrics import summarize
   from mia_jax.models.base import stack_variables
   from mia_jax.signals import blackbox_signals, check_stacked
   from mia_jax.train import TrainConfig
-  attacks = tuple(attacks)
-  if attacks == ATTACKS and reference_variables is None:
-    attacks = THRESHOLD + WHITEBOX  # the default: what the inputs allow
-  unknown = [a for a in attacks if a not in ATTACKS]
-  if unknown or not attacks:
-    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
+  available = {"whitebox"} | ({"reference"} if reference_variables is not None else set())
+  if attacks is None:  # the default: every attack the inputs allow
+    chosen = tuple(a for a in registry.all_attacks() if set(a.attacker) <= available)
+  else:
+    chosen = registry.select(list(attacks))
+    shadow = [a.name for a in chosen if "shadow" in a.attacker]
+    if shadow:
+      raise MiaInputError(f"attacks: {shadow} train shadow models on the attacker's data, "
+                          "which `attack` does not do; run `mia-jax audit` for them")
+  attacks = tuple(a.name for a in chosen)
   x, y = check_model(model).check_inputs(x, y)
   n = x.shape[0]
   members = check_indices(members, n, "members")  # also refuses duplicates
@@ -166,12 +167,12 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
     aux = check_indices(auxiliary, n, "auxiliary")
     if np.intersect1d(aux, members).size:
       raise MiaInputError("auxiliary: the attacker's data must not hold the target's members")
-  needs_aux = [a for a in attacks if a in ("stolen-memories", "nasr")]
+  needs_aux = [a.name for a in chosen if "whitebox" in a.attacker]
   warnings: list[str] = []
   if needs_aux and aux.size < 12:
     raise MiaInputError(f"auxiliary: {list(needs_aux)} need the attacker's own examples "
                         f"(at least 12), got {aux.size}; pass --auxiliary or fewer attacks")
-  ref_attacks = [a for a in attacks if a in REFERENCE]
+  ref_attacks = [a.name for a in chosen if "reference" in a.attacker]
   if ref_attacks:
     if reference_variables is None or reference_keep is None:
       raise MiaInputError(f"attacks: {ref_attacks} need the user's reference models "
@@ -190,6 +191,10 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   if len(names) != c:
     raise MiaInputError(f"names: expected {c} names (one per checkpoint), got {len(names)}")
   tcfg = train_config or TrainConfig()
+  options = types.SimpleNamespace(
+      layers=whitebox_layers, gradient_layers=gradient_layers, seed=seed,
+      target_precision=target_precision, rmia_offline_a=rmia_offline_a,
+      microbatch_size=microbatch_size, whitebox_setting="shadow")
   ev = np.concatenate([members, nonmembers])
   is_member = np.r_[np.ones(members.size, bool), np.zeros(nonmembers.size, bool)]
   xe, ye = x[ev], y[ev]
@@ -199,84 +204,27 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   msg = warn_if_not_logits(sig["logits"][0], log)
   if msg:
     warnings.append(msg)
-  thr = [a for a in attacks if a in THRESHOLD]
-  scores: dict[str, np.ndarray] = {a: np.asarray(s, np.float64)
-                                   for a, s in threshold_scores(sig, thr).items()}
   per_ckpt = [{"name": nm, "train_accuracy": float(sig["correct"][i][is_member].mean()),
                "test_accuracy": float(sig["correct"][i][~is_member].mean()), "attacks": {}}
               for i, nm in enumerate(names)]
-  if ref_attacks:
-    from mia_jax.audit import reference_attacks
-    pool = np.concatenate([ev, aux])
-    r = blackbox_signals(model, reference_variables, x[pool], y[pool], stacked=True,
-                         microbatch_size=microbatch_size)
-    tz = blackbox_signals(model, variables, x[aux], y[aux], stacked=True,
-                          microbatch_size=microbatch_size)["confidence"]
-    ne, keep_ev = ev.size, rkeep[:, ev]
-    per = {a: [] for a in ref_attacks}
-    for i in range(c):
-      runs = reference_attacks(sig["scaled_logit"][i], r["scaled_logit"][:, :ne],
-                               sig["confidence"][i], tz[i], r["confidence"][:, :ne],
-                               r["confidence"][:, ne:], keep_ev, rmia_offline_a=rmia_offline_a)
-      for a in ref_attacks:
-        per[a].append(np.asarray(runs[a](), np.float64))
-    for a in ref_attacks:
-      scores[a] = np.stack(per[a])
-  if "gradient-norm" in attacks:
-    from mia_jax.whitebox import gradient_norms
-    norms = gradient_norms(model, variables, xe, ye, stacked=True,
-                           microbatch_size=min(microbatch_size, 256))
-    scores["gradient-norm"] = -norms["total"].astype(np.float64)
-    for stage, v in norms.items():
-      if stage != "total":
-        scores[f"gradient-norm/{stage}"] = -v.astype(np.float64)
-  calibrated: dict[str, list] = {}
-  def each_checkpoint(label, run_one):
-    """run_one(variables of checkpoint i) for every checkpoint, in order."""
-    outs = []
-    for i, nm in enumerate(names):
-      log(f"{nm}: {label}")
-      outs.append(run_one(jax.tree.map(lambda a, i=i: a[i], variables)))
-    return outs
+  signals = _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size)
+  side_of = _side_of(model, variables, x, y, ev, aux, members.size, tcfg, seed, progress, log,
+                     reference_variables, rkeep if ref_attacks else None, microbatch_size)
+  scores: dict[str, np.ndarray] = {}
+  for attack in chosen:
+    s, subs, fields = pipeline.run_stacked(
+        attack, options, side_of, signals, c,
+        signals_of=lambda i: {"model": (model, jax.tree.map(lambda a: a[i], variables), xe, ye)},
+        log=log)
+    scores[attack.name] = s
+    scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
+    for i, entry in enumerate(per_ckpt):
+      entry["attacks"][attack.name] = pipeline.entry(
+          s[i], {k: v[i] for k, v in subs.items()}, fields[i], is_member)
+    cal = per_ckpt[0]["attacks"][attack.name].get("calibrated")
+    if cal:
+      warnings += size_warnings(attack.name, cal, members.size, log)
 
-  if "stolen-memories" in attacks:
-    from mia_jax.attacks import stolen_memories as sm
-    cfg = sm.StolenMemoriesConfig(layers=None if whitebox_layers is None else tuple(whitebox_layers),
-                                  microbatch_size=min(microbatch_size, 256))
-    outs = each_checkpoint("Stolen Memories", lambda v: sm.run_attack(
-        model, v, x[aux], y[aux], xe, ye, target_train_size=members.size, config=cfg,
-        train_config=tcfg, setting="shadow", target_precision=target_precision, seed=seed,
-        progress=progress))
-    scores["stolen-memories"] = np.stack([r.meta_scores for r in outs]).astype(np.float64)
-    for layer in outs[0].layer_scores:
-      scores[f"stolen-memories/{layer}"] = np.stack(
-          [r.layer_scores[layer] for r in outs]).astype(np.float64)
-    calibrated["stolen-memories"] = [(r.threshold, r.calibration) for r in outs]
-    warnings += size_warnings("stolen-memories", outs[0].calibration, members.size, log)
-  if "nasr" in attacks:
-    from mia_jax.attacks import nasr
-    ncfg = nasr.NasrConfig(layers=None if gradient_layers is None else tuple(gradient_layers),
-                           microbatch_size=min(microbatch_size, 128))
-    outs = each_checkpoint("Nasr et al.", lambda v: nasr.run_attack(
-        model, v, x[aux], y[aux], xe, ye, target_train_size=members.size, config=ncfg,
-        train_config=tcfg, target_precision=target_precision, seed=seed, progress=progress,
-        log=log))
-    scores["nasr"] = np.stack([r.scores for r in outs]).astype(np.float64)
-    calibrated["nasr"] = [(r.threshold, r.calibration) for r in outs]
-    warnings += size_warnings("nasr", outs[0].calibration, members.size, log)
-
-  from mia_jax.audit import _calibrated
-  for i, entry in enumerate(per_ckpt):
-    for a in attacks:
-      m = summarize(scores[a][i], is_member, REPORT_FPRS)
-      layers = {k.split("/", 1)[1]: summarize(v[i], is_member, REPORT_FPRS)
-                for k, v in scores.items() if k.startswith(a + "/")}
-      if layers:
-        m["layers"] = layers
-      if a in calibrated:
-        thr_i, cal = calibrated[a][i]
-        m["calibrated"] = _calibrated(scores[a][i], is_member, thr_i, cal)
-      entry["attacks"][a] = m
   results = {"checkpoints": per_ckpt, "warnings": warnings,
              "timings": {"attack": time.perf_counter() - t0}}
   if out is not None:
@@ -285,6 +233,57 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   return results
 
 
+
+
+def _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size):
+  """The C checkpoints' signals on the evaluation examples ([C, N] each), on first use."""
+  from mia_jax.attacks.base import Lazy
+  from mia_jax.attacks.shokri import predict_probs
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.whitebox import gradient_norms
+  xe, ye = x[ev], y[ev]
+  return Lazy({
+      **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
+                                           "correct", "scaled_logit")},
+      "confidence_z": lambda: blackbox_signals(model, variables, x[aux], y[aux], stacked=True,
+                                               microbatch_size=microbatch_size)["confidence"],
+      "probs": lambda: predict_probs(model, variables, xe, stacked=True,
+                                     microbatch_size=microbatch_size),
+      "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
+      "gradient_norms": lambda: gradient_norms(model, variables, xe, ye, stacked=True,
+                                               microbatch_size=min(microbatch_size, 256)),
+  }, "checkpoint signals")
+
+
+def _side_of(model, variables, x, y, ev, aux, target_size, tcfg, seed, progress, log,
+             reference_variables, reference_keep, microbatch_size):
+  """``c -> AttackerSide`` of checkpoint c: the user's reference models' signals (shared by
+  every checkpoint, computed once) and the white-box attacker's data and target."""
+  from mia_jax.attacks.base import AttackerSide
+  from mia_jax.signals import blackbox_signals
+  memo = {}
+
+  def reference():
+    if "reference" not in memo:
+      ne = ev.size
+      pool = np.concatenate([ev, aux])
+      r = blackbox_signals(model, reference_variables, x[pool], y[pool], stacked=True,
+                           microbatch_size=microbatch_size, names=("scaled_logit", "confidence"))
+      memo["reference"] = {
+          "scaled_logit": r["scaled_logit"][:, :ne], "confidence": r["confidence"][:, :ne],
+          "confidence_z": r["confidence"][:, ne:], "keep": reference_keep[:, ev],
+          "discrete": False, "fields": {"num_reference": int(reference_keep.shape[0])}}
+    return memo["reference"]
+
+  def side(c):
+    return AttackerSide({
+        "reference": reference,
+        "whitebox": lambda: {
+            "model": model, "target": jax.tree.map(lambda a: a[c], variables),
+            "aux_x": x[aux], "aux_y": y[aux], "target_train_size": target_size,
+            "train_config": tcfg, "seed": seed, "progress": progress, "log": log,
+            "num_eval": int(ev.size)}})
+  return side
 
 
 def _write(out, results, scores, is_member, labels, model, dataset_name, x, members,

@@ -24,14 +24,17 @@ import numpy as np
 from mia_jax._io import write_json_atomic, write_npz_atomic  # noqa: F401 (re-exported)
 from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
 
+from mia_jax.attacks import registry  # noqa: E402
+from mia_jax.pipeline import REPORT_FPRS  # noqa: F401 (re-exported)
+
 SCHEMA_VERSION = 1
-BLACKBOX_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
-REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
-SHADOW_ATTACKS = ("shokri",)
-WHITEBOX_ATTACKS = ("gradient-norm", "stolen-memories", "nasr")
-ALL_ATTACKS = BLACKBOX_ATTACKS + REFERENCE_ATTACKS + SHADOW_ATTACKS + WHITEBOX_ATTACKS
+# The built-in attacks by family (the registry is the list; these are its names at import).
+BLACKBOX_ATTACKS = registry.names("threshold")
+REFERENCE_ATTACKS = registry.names("reference")
+SHADOW_ATTACKS = registry.names("shadow")
+WHITEBOX_ATTACKS = registry.names("whitebox")
+ALL_ATTACKS = registry.names()
 DEFAULT_ATTACKS = ALL_ATTACKS
-REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 SHADOW_SOURCES = ("real", "noisy", "marginals", "synthetic")
 LIRA_AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 
@@ -120,11 +123,9 @@ class AuditConfig:
 
   def __post_init__(self):
     _coerce_fields(self)
-    unknown = [a for a in self.attacks if a not in ALL_ATTACKS]
-    if unknown:
-      raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {list(ALL_ATTACKS)}")
     if not self.attacks:
       raise MiaInputError("attacks: expected at least one attack")
+    registry.select(self.attacks)  # names every unknown attack
     if self.target_size is not None:
       check_positive_int(self.target_size, "target_size", minimum=2)
     check_in_range(self.target_precision, "target_precision", 0, 1, low_open=True)
@@ -378,8 +379,9 @@ def check_model_size(model, config: AuditConfig) -> None:
     raise MiaInputError(f"model_options: cannot build model {model.name!r} with "
                         f"{config.model_options}: {type(e).__name__}: {e}") from e
   nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(shapes))
-  at_once = max([1] + [config.num_reference for a in config.attacks if a in REFERENCE_ATTACKS]
-                + [config.num_shadow for a in config.attacks if a in SHADOW_ATTACKS])
+  sides = {s for a in registry.select(config.attacks) for s in a.attacker}
+  at_once = max([1] + [config.num_reference] * ("reference" in sides)
+                + [config.num_shadow] * ("shadow" in sides))
   need = 4 * nbytes * at_once
   have = _memory_bytes()
   if have is not None and need > have:
@@ -413,18 +415,6 @@ def _shadow_keep(num_models: int, n: int, size: int, seed: int) -> np.ndarray:
   for m in range(num_models):
     keep[m, rng.choice(n, k, replace=False)] = True
   return keep
-
-
-def _calibrated(scores, is_member, threshold: float, calibration: dict) -> dict:
-  """A threshold chosen on attacker-side data, applied to the evaluation examples:
-  achieved precision, recall, FPR and the precision at other member priors."""
-  from mia_jax.metrics import precision_recall_at, prior_precision
-  precision, recall = precision_recall_at(scores, is_member, threshold)
-  fpr = float(np.mean(scores[~is_member] >= threshold))
-  return {**calibration, "threshold": threshold, "precision": float(precision),
-          "recall": float(recall), "fpr": fpr,
-          "prior_precision": {str(p): float(prior_precision(recall, fpr, p))
-                              for p in (0.5, 0.1, 0.01)}}
 
 
 def _whitebox_shadow_trainer(rd, name, model, tcfg, train_one, progress, log, checkpoint_dir):
@@ -616,16 +606,6 @@ def size_warnings(attack: str, calibration: dict, target_size: int, log) -> list
   return out
 
 
-def _decision_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float
-                      ) -> dict[str, Any]:
-  """Accuracy, precision and recall of the rule ``score >= threshold``."""
-  pred = scores >= threshold
-  tp = int(np.sum(pred & is_member))
-  return {"threshold": float(threshold), "accuracy": float(np.mean(pred == is_member)),
-          "precision": float(tp / pred.sum()) if pred.any() else None,
-          "recall": float(tp / is_member.sum()), "predicted_members": int(pred.sum())}
-
-
 def _augmentation_views(name: str):
   """(flip, shifts) for LiRA's query augmentations, or None for "none"."""
   from mia_jax.attacks.lira import SHIFTS_3X3
@@ -784,21 +764,136 @@ def _save(rd, name: str, variables, metadata: dict) -> None:
   rd.record_hash(name, save_variables(path, variables, metadata=metadata, overwrite=True))
 
 
+def _target_signals(config: AuditConfig, setup: Setup, target, eval_idx, defenses, views,
+                    stages: _Stages):
+  """The target's signals on the evaluation examples, each computed on first use."""
+  from mia_jax.attacks.base import Lazy
+  from mia_jax.signals import blackbox_signals
+  x, y, split, model = setup.x, setup.y, setup.split, setup.model
+  xe, ye, mb = x[eval_idx], y[eval_idx], config.microbatch_size
+
+  def bb():
+    return stages.run("blackbox_signals", lambda: blackbox_signals(
+        model, target, xe, ye, microbatch_size=mb, defenses=defenses))
+
+  def scaled_logit():  # LiRA's A query views (A = 1 without augmentations)
+    if views is None:
+      return signals["bb"]["scaled_logit"]
+    return stages.run("lira_augmentations", lambda: _views(
+        model, target, xe, ye, views, defenses, mb, stacked=False))
+
+  def gradient_norms():
+    from mia_jax.whitebox import gradient_norms
+    return stages.run("gradient_norm_signals", lambda: gradient_norms(
+        model, target, xe, ye, microbatch_size=min(mb, 256)))
+
+  providers = {
+      "bb": bb, "scaled_logit": scaled_logit, "gradient_norms": gradient_norms,
+      "confidence_z": lambda: blackbox_signals(
+          model, target, x[split.auxiliary], y[split.auxiliary], microbatch_size=mb,
+          defenses=defenses, names=("confidence",))["confidence"],
+      "labels": lambda: ye,
+      "probs": lambda: _predict_probs(model, target, xe, defenses, mb),
+      "model": lambda: (model, target, xe, ye),
+      **{k: (lambda k=k: signals["bb"][k])
+         for k in ("loss", "confidence", "entropy", "modified_entropy", "correct")},
+  }
+  signals = Lazy(providers, "target signals")
+  return signals
+
+
+def _predict_probs(model, variables, x, defenses, mb, stacked=False):
+  from mia_jax.attacks import shokri
+  return shokri.predict_probs(model, variables, x, stacked=stacked, defenses=defenses,
+                              microbatch_size=mb)
+
+
+def _views(model, variables, x, y, views, defenses, mb, stacked):
+  """LiRA's augmented scaled logits: float[N, A] (float[M, N, A] with ``stacked``)."""
+  from mia_jax.attacks import lira
+  from mia_jax.signals import blackbox_signals
+  ax = lira.augmentations(x, flip=views[0], shifts=views[1])
+  return np.stack([blackbox_signals(model, variables, np.asarray(ax[a]), y, stacked=stacked,
+                                    defenses=defenses, microbatch_size=mb,
+                                    names=("scaled_logit",))["scaled_logit"]
+                   for a in range(ax.shape[0])], -1)
+
+
+def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, checked: _Checked,
+                   stages: _Stages, train_one, work: str, progress, log):
+  """What the attacker has: reference models' and shadow models' signals (trained on first
+  use, reused when a run resumes) and the white-box attacker's data and shadow trainer."""
+  from mia_jax.attacks.base import AttackerSide
+  from mia_jax.signals import blackbox_signals
+  x, y, split, model = setup.x, setup.y, setup.split, setup.model
+  defenses, views, _ = checked
+  tcfg, mb = config.train_config(), config.microbatch_size
+
+  def reference():
+    # LiRA's setup: reference models on random halves of the candidates (members and
+    # non-members of the target), each candidate IN for exactly half of them, so every
+    # reference model trains on as many examples as the target. The auxiliary data is
+    # RMIA's population z (OUT for every reference model).
+    keep = reference_keep(config, eval_idx.size)
+    refs = stages.run("reference_models", lambda: _stacked_models(
+        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
+        progress, "reference models", log, os.path.join(work, "reference"), train_one))
+    pool = np.concatenate([eval_idx, split.auxiliary])
+    sig = stages.run("reference_signals", lambda: blackbox_signals(
+        model, refs, x[pool], y[pool], microbatch_size=mb, stacked=True, defenses=defenses,
+        names=("scaled_logit", "confidence")))
+    ne = eval_idx.size
+    sl = sig["scaled_logit"][:, :ne]
+    if views is not None:
+      sl = stages.run("lira_augmentations_reference", lambda: _views(
+          model, refs, x[eval_idx], y[eval_idx], views, defenses, mb, stacked=True))
+    return {"scaled_logit": sl, "confidence": sig["confidence"][:, :ne],
+            "confidence_z": sig["confidence"][:, ne:], "keep": keep,
+            "discrete": bool(defenses), "fields": {"num_reference": config.num_reference}}
+
+  def shadow():
+    aux = split.auxiliary
+    sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
+        config, model, target, defenses, x[aux], y[aux]))
+    skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size, config.seed + 23)
+    shadows = stages.run("shadow_models", lambda: _stacked_models(
+        rd, "shadow", model, sx, sy, skeep, tcfg, config.seed + 2,
+        progress, "shadow models", log, os.path.join(work, "shadow"), train_one))
+    probs = _predict_probs(model, shadows, sx, defenses, mb, stacked=True)
+    fields = {"num_shadow": config.num_shadow, "shadow_source": config.shadow_source}
+    if synthesis is not None:
+      fields["synthesis"] = synthesis
+    return {"probs": probs, "labels": sy, "keep": skeep, "log": log, "fields": fields}
+
+  def whitebox():
+    # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et
+    # al.) is one model trained with the same data and seed: trained once, saved for resuming.
+    return {"model": model, "target": target, "aux_x": x[split.auxiliary],
+            "aux_y": y[split.auxiliary], "target_train_size": setup.target_size,
+            "train_config": tcfg, "seed": config.seed, "progress": progress, "log": log,
+            "work_dir": work, "num_eval": int(eval_idx.size),
+            "train_shadow": _whitebox_shadow_trainer(
+                rd, "whitebox_shadow", model, tcfg, train_one, progress, log,
+                os.path.join(work, "whitebox_shadow"))}
+
+  return AttackerSide({"reference": reference, "shadow": shadow, "whitebox": whitebox})
+
+
 def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages: _Stages, *,
                progress, log: Callable[[str], None]) -> dict[str, Any]:
-  import jax  # noqa: F401  (device info)
+  """Target, then the attacker's side, then every chosen attack from the registry."""
+  import shutil
 
-  from mia_jax.attacks import stolen_memories as sm
-  from mia_jax.attacks.threshold import threshold_scores
-  from mia_jax.metrics import summarize
+  import jax
+
+  from mia_jax import pipeline
   from mia_jax.signals import blackbox_signals
   from mia_jax.train import train_model
 
-  out_dir = rd.path
   ds, x, y, split, model, n_target = setup
-  n_total = x.shape[0]
   tcfg = config.train_config()
   defenses, views, dp_info = checked
+  work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
   def train_dp(xs, ys, indices, seed):
     from mia_jax.dp import train_model_dp
@@ -806,8 +901,6 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
                           clip_norm=config.clip_norm, seed=seed, indices=indices).variables
 
   train_one = train_dp if dp_info is not None else None
-
-  work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
   def train_target():
     like = jax.eval_shape(model.init, jax.random.key(0))
@@ -826,12 +919,12 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
   target = stages.run("train_target", train_target)
   eval_idx = np.concatenate([split.target_in, split.target_out])
   is_member = np.r_[np.ones(split.target_in.size, bool), np.zeros(split.target_out.size, bool)]
-  bb = stages.run("blackbox_signals", lambda: blackbox_signals(
-      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size,
-      defenses=defenses))
+  signals = _target_signals(config, setup, target, eval_idx, defenses, views, stages)
+  side = _attacker_side(config, rd, setup, target, eval_idx, checked, stages, train_one, work,
+                        progress, log)
   # The target's accuracy is the model's own (argmax of its logits): defenses that round
   # or truncate probabilities may create ties the API's argmax breaks differently.
-  raw_correct = bb["correct"] if not defenses else blackbox_signals(
+  raw_correct = signals["correct"] if not defenses else blackbox_signals(
       model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size)["correct"]
   train_acc = float(raw_correct[is_member].mean())
   test_acc = float(raw_correct[~is_member].mean())
@@ -839,163 +932,20 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
   scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
   warnings: list[str] = []
-  bb_names = [a for a in config.attacks if a in BLACKBOX_ATTACKS]
-  for name, s in threshold_scores(bb, bb_names).items():
-    scores[name] = s
-    attacks_out[name] = summarize(s, is_member, REPORT_FPRS)
-
-  ref_attacks = [a for a in config.attacks if a in REFERENCE_ATTACKS]
-  if ref_attacks:
-    from mia_jax.attacks import lira
-    # LiRA's setup: reference models on random halves of the candidates (members and
-    # non-members of the target), each candidate IN for exactly half of them, so every
-    # reference model trains on as many examples as the target. The auxiliary data is
-    # RMIA's population z (OUT for every reference model).
-    keep = reference_keep(config, eval_idx.size)
-    refs = stages.run("reference_models", lambda: _stacked_models(
-        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg,
-        config.seed + 1, progress, "reference models", log, os.path.join(work, "reference"),
-        train_one))
-    pool = np.concatenate([eval_idx, split.auxiliary])
-    ref_sig = stages.run("reference_signals", lambda: blackbox_signals(
-        model, refs, x[pool], y[pool], microbatch_size=config.microbatch_size, stacked=True,
-        defenses=defenses))
-    ne = eval_idx.size
-    tgt_z = blackbox_signals(model, target, x[split.auxiliary], y[split.auxiliary],
-                             microbatch_size=config.microbatch_size,
-                             defenses=defenses)["confidence"]
-    sl, conf = ref_sig["scaled_logit"], ref_sig["confidence"]
-    tgt_sl, ref_sl = bb["scaled_logit"], sl[:, :ne]
-    if views is not None and any(a.startswith("lira") for a in ref_attacks):
-      def augmented():  # LiRA's A axis: [N, A] for the target, [M, N, A] for references
-        ax = lira.augmentations(x[eval_idx], flip=views[0], shifts=views[1])
-        t, r = [], []
-        for a in range(ax.shape[0]):
-          xa = np.asarray(ax[a])
-          t.append(blackbox_signals(model, target, xa, y[eval_idx], defenses=defenses,
-                                    microbatch_size=config.microbatch_size)["scaled_logit"])
-          r.append(blackbox_signals(model, refs, xa, y[eval_idx], stacked=True,
-                                    defenses=defenses,
-                                    microbatch_size=config.microbatch_size)["scaled_logit"])
-        return np.stack(t, -1), np.stack(r, -1)
-      tgt_sl, ref_sl = stages.run("lira_augmentations", augmented)
-    runs = reference_attacks(tgt_sl, ref_sl, bb["confidence"], tgt_z, conf[:, :ne],
-                             conf[:, ne:], keep, rmia_offline_a=config.rmia_offline_a,
-                             discrete=bool(defenses))
-    for name in ref_attacks:
-      scores[name] = np.asarray(stages.run(name, runs[name]), np.float64)
-      attacks_out[name] = summarize(scores[name], is_member, REPORT_FPRS)
-      attacks_out[name]["num_reference"] = config.num_reference
-      if name.startswith("lira"):
-        attacks_out[name]["augmentations"] = config.lira_augmentations
-
-  if "shokri" in config.attacks:
-    from mia_jax.attacks import shokri
-    aux = split.auxiliary
-    sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
-        config, model, target, defenses, x[aux], y[aux]))
-    skeep = _shadow_keep(config.num_shadow, sx.shape[0], n_target, config.seed + 23)
-    shadows = stages.run("shadow_models", lambda: _stacked_models(
-        rd, "shadow", model, sx, sy, skeep, tcfg, config.seed + 2,
-        progress, "shadow models", log, os.path.join(work, "shadow"), train_one))
-
-    # One attack model per class (the paper) needs in and out shadow records of every
-    # class; synthesized or scarce shadow data may lack some, and then one class-agnostic
-    # attack model is fit instead (reported as per_class = False).
-    counts_in = np.stack([np.bincount(sy[k], minlength=ds.num_classes) for k in skeep])
-    counts_out = np.stack([np.bincount(sy[~k], minlength=ds.num_classes) for k in skeep])
-    uncovered = np.flatnonzero((counts_in.sum(0) == 0) | (counts_out.sum(0) == 0))
-    per_class = uncovered.size == 0
-    if not per_class:
-      log(f"shokri: classes {uncovered.tolist()} have no in or no out shadow records; "
-          f"fitting one class-agnostic attack model")
-
-    def run_shokri():
-      probs = shokri.predict_probs(model, shadows, sx, stacked=True, defenses=defenses,
-                                   microbatch_size=config.microbatch_size)
-      state = shokri.fit_shokri(probs, sy, skeep, per_class=per_class, seed=config.seed)
-      target_probs = shokri.predict_probs(model, target, x[eval_idx], defenses=defenses,
-                                          microbatch_size=config.microbatch_size)
-      return np.asarray(shokri.score_shokri(state, target_probs, y[eval_idx]), np.float64)
-
-    scores["shokri"] = stages.run("shokri", run_shokri)
-    attacks_out["shokri"] = summarize(scores["shokri"], is_member, REPORT_FPRS)
-    attacks_out["shokri"]["num_shadow"] = config.num_shadow
-    # The attack models' own decision (membership probability >= 1/2, i.e. logit >= 0):
-    # the paper's "attack accuracy, precision, recall".
-    attacks_out["shokri"]["decision"] = _decision_metrics(scores["shokri"], is_member, 0.0)
-    attacks_out["shokri"]["shadow_source"] = config.shadow_source
-    attacks_out["shokri"]["per_class"] = bool(per_class)
-    if not per_class:
-      attacks_out["shokri"]["classes_without_shadow_records"] = uncovered.tolist()
-    if synthesis is not None:
-      attacks_out["shokri"]["synthesis"] = synthesis
-
-  if "gradient-norm" in config.attacks:
-    from mia_jax.whitebox import gradient_norms
-    norms = stages.run("gradient_norm", lambda: gradient_norms(
-        model, target, x[eval_idx], y[eval_idx], microbatch_size=min(config.microbatch_size, 256)))
-    scores["gradient-norm"] = -norms["total"].astype(np.float64)
-    entry = summarize(scores["gradient-norm"], is_member, REPORT_FPRS)
-    entry["layers"] = {}
-    for stage, n in norms.items():
-      if stage != "total":
-        scores[f"gradient-norm/{stage}"] = -n.astype(np.float64)
-        entry["layers"][stage] = summarize(scores[f"gradient-norm/{stage}"], is_member, REPORT_FPRS)
-    attacks_out["gradient-norm"] = entry
-
-  # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et al.)
-  # is one model trained with the same data and seed: trained once, saved for resuming.
-  whitebox_shadow = _whitebox_shadow_trainer(rd, "whitebox_shadow", model,
-                                             tcfg, train_one, progress, log,
-                                             os.path.join(work, "whitebox_shadow"))
-
-  if "stolen-memories" in config.attacks:
-    smc = sm.StolenMemoriesConfig(layers=config.layers, num_proxies=config.num_proxies,
-                                  path_steps=config.path_steps,
-                                  microbatch_size=min(config.microbatch_size, 256))
-
-    def whitebox():
-      return sm.run_attack(model, target, x[split.auxiliary], y[split.auxiliary],
-                           x[eval_idx], y[eval_idx], target_train_size=n_target, config=smc,
-                           train_config=tcfg, setting=config.whitebox_setting,
-                           target_precision=config.target_precision,
-                           target_fpr=config.target_fpr, seed=config.seed, progress=progress,
-                           work_dir=os.path.join(work, "stolen_memories"),
-                           train_shadow=whitebox_shadow)
-
-    wb = stages.run("stolen_memories", whitebox)
-    warnings += size_warnings("stolen-memories", wb.calibration, n_target, log)
-    scores["stolen-memories"] = wb.meta_scores
-    entry = summarize(wb.meta_scores, is_member, REPORT_FPRS)
-    entry["calibrated"] = _calibrated(wb.meta_scores, is_member, wb.threshold, wb.calibration)
-    entry["layers"] = {}
-    for layer, s in wb.layer_scores.items():
-      scores[f"stolen-memories/{layer}"] = s
-      entry["layers"][layer] = summarize(s, is_member, REPORT_FPRS)
-    attacks_out["stolen-memories"] = entry
-
-  if "nasr" in config.attacks:
-    from mia_jax.attacks import nasr
-    ncfg = nasr.NasrConfig(layers=config.gradient_layers,
-                           microbatch_size=min(config.microbatch_size, 128))
-    res = stages.run("nasr", lambda: nasr.run_attack(
-        model, target, x[split.auxiliary], y[split.auxiliary], x[eval_idx], y[eval_idx],
-        target_train_size=n_target, config=ncfg, train_config=tcfg,
-        target_precision=config.target_precision, seed=config.seed, progress=progress,
-        train_shadow=whitebox_shadow, log=log))
-    warnings += size_warnings("nasr", res.calibration, n_target, log)
-    scores["nasr"] = res.scores
-    entry = summarize(res.scores, is_member, REPORT_FPRS)
-    entry["calibrated"] = _calibrated(res.scores, is_member, res.threshold, res.calibration)
-    attacks_out["nasr"] = entry
+  for attack in pipeline.select(config.attacks):
+    s, subs, entry = stages.run(attack.name.replace("-", "_"), lambda a=attack: pipeline.run_one(
+        a, config, side, signals, is_member))
+    scores[attack.name] = s
+    scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
+    attacks_out[attack.name] = entry
+    warnings += size_warnings(attack.name, entry.get("calibrated", {}), n_target, log)
 
   write_npz_atomic(rd.file("scores.npz"), is_member=is_member,
                    labels=y[eval_idx], **{f"score:{k}": v for k, v in scores.items()})
   results = {
       "schema_version": SCHEMA_VERSION,
       "dataset": {"name": ds.name, "num_classes": ds.num_classes,
-                  "feature_shape": list(ds.feature_shape), "num_examples": n_total,
+                  "feature_shape": list(ds.feature_shape), "num_examples": x.shape[0],
                   "num_members": int(split.target_in.size),
                   "num_nonmembers": int(split.target_out.size),
                   "num_auxiliary": int(split.auxiliary.size)},
@@ -1015,6 +965,5 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
   if dp_info is not None:
     results["dp"] = _dp_results(dp_info, attacks_out)
   write_json_atomic(rd.file("results.json"), results)
-  import shutil
   shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
   return results

@@ -24,7 +24,7 @@ import numpy as np
 from mia_jax._validation import MiaInputError
 from mia_jax.models.base import LayeredModel, Variables, stack_variables
 
-REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+from mia_jax.pipeline import REPORT_FPRS  # noqa: E402  (one list for every result)
 
 
 def list_checkpoints(path: str | os.PathLike) -> list[str]:
@@ -80,9 +80,6 @@ def load_checkpoint_stack(path: str | os.PathLike, model: LayeredModel
   return stack_variables(trees), names
 
 
-REFERENCE_ATTACKS = ("lira", "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline")
-
-
 def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member, *,
                        attacks: Sequence[str] = ("loss", "confidence", "entropy",
                                                  "modified_entropy"),
@@ -101,8 +98,10 @@ def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member,
     One dict per checkpoint: {"train_accuracy", "test_accuracy", "attacks": {name: metrics}}
     (and the signals, with ``return_signals``).
   """
+  from mia_jax import pipeline
   from mia_jax._validation import check_membership
-  from mia_jax.attacks.threshold import threshold_scores
+  from mia_jax.attacks import registry
+  from mia_jax.attacks.base import AttackerSide
   from mia_jax.metrics import summarize
   from mia_jax.signals import blackbox_signals
   is_member = check_membership(is_member, n=np.shape(x)[0])
@@ -110,7 +109,14 @@ def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member,
                          defenses=defenses)
   correct = sig["correct"] if not defenses else blackbox_signals(
       model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)["correct"]
-  scores = threshold_scores(sig, attacks)
+  chosen = registry.select(list(attacks)) if attacks else ()
+  bad = [a.name for a in chosen if a.family != "threshold"]
+  if bad:
+    raise MiaInputError(f"attacks: {bad} are not threshold attacks; use attack_run or "
+                        "mia_jax.attack_model for them")
+  side = AttackerSide({})
+  scores = {a.name: pipeline.run_stacked(a, {}, lambda c: side, sig, sig["loss"].shape[0])[0]
+            for a in chosen}
   out = []
   for c in range(sig["loss"].shape[0]):
     out.append({
@@ -158,53 +164,6 @@ def config_from_dict(d: dict):
     return AuditConfig(**d)
   except TypeError as e:
     raise MiaInputError(f"run: config.json holds unknown options ({e})") from e
-
-
-def _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
-                                      ref_attacks, ref_dir, metrics, microbatch_size, log):
-  """LiRA / RMIA on checkpoint c against the reference models saved after the same epoch."""
-  from mia_jax.audit import reference_attacks, reference_keep
-  from mia_jax.metrics import summarize
-  from mia_jax.signals import blackbox_signals
-  from mia_jax.train import load_variables
-  keep = reference_keep(config, ev.size)
-  like = jax.eval_shape(jax.vmap(setup.model.init),
-                        jax.random.split(jax.random.key(0), config.num_reference))
-  aux = setup.split.auxiliary
-  tgt_z = blackbox_signals(setup.model, stacked, setup.x[aux], setup.y[aux], stacked=True,
-                           microbatch_size=microbatch_size, defenses=config.defenses)["confidence"]
-  pool = np.concatenate([ev, aux])
-  for c, name in enumerate(names):
-    refs, _ = load_variables(os.path.join(ref_dir, name.split("[")[0]), like=like)
-    r = blackbox_signals(setup.model, refs, setup.x[pool], setup.y[pool], stacked=True,
-                         microbatch_size=microbatch_size, defenses=config.defenses)
-    ne = ev.size
-    runs = reference_attacks(sig["scaled_logit"][c], r["scaled_logit"][:, :ne],
-                             sig["confidence"][c], tgt_z[c], r["confidence"][:, :ne],
-                             r["confidence"][:, ne:], keep,
-                             rmia_offline_a=config.rmia_offline_a, discrete=bool(config.defenses))
-    for a in ref_attacks:
-      metrics[c]["attacks"][a] = summarize(np.asarray(runs[a](), np.float64), is_member,
-                                           REPORT_FPRS)
-      metrics[c]["attacks"][a]["num_reference"] = config.num_reference
-    log(f"{name}: {', '.join(ref_attacks)} with {config.num_reference} reference models")
-
-
-# White-box attacks that need nothing but each checkpoint's weights (no proxies or shadows).
-CHECKPOINT_WHITEBOX = ("gradient-norm",)
-
-
-def _gradient_norms_per_checkpoint(model, stacked, x, y, is_member, metrics, microbatch_size):
-  """The ``gradient-norm`` attack (total and per stage) on every checkpoint, from one
-  compiled pass vmapped over the stack; entries as in the audit's results."""
-  from mia_jax.metrics import summarize
-  from mia_jax.whitebox import gradient_norms
-  norms = gradient_norms(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)
-  for c, m in enumerate(metrics):
-    entry = summarize(-norms["total"][c].astype(np.float64), is_member, REPORT_FPRS)
-    entry["layers"] = {stage: summarize(-n[c].astype(np.float64), is_member, REPORT_FPRS)
-                       for stage, n in norms.items() if stage != "total"}
-    m["attacks"]["gradient-norm"] = entry
 
 
 def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool = False,
@@ -278,17 +237,77 @@ def _train_run(config, rd, setup, save_every, with_reference, progress, log, ref
   return list_checkpoints(ckpt_dir)
 
 
+def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log):
+  """``c -> AttackerSide`` of checkpoint c of a run: the reference models saved after the
+  same epoch (their signals for every checkpoint from one vmapped pass over the C x M
+  models), and the white-box attacker's auxiliary data and recipe."""
+  from mia_jax.attacks.base import AttackerSide
+  from mia_jax.audit import reference_keep
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.train import load_variables
+  x, y, model, aux = setup.x, setup.y, setup.model, setup.split.auxiliary
+  memo: dict[str, Any] = {}
+
+  def references():
+    if "ref" not in memo:
+      m = config.num_reference
+      like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), m))
+      each = [load_variables(os.path.join(ref_dir, n.split("[")[0]), like=like)[0]
+              for n in names]  # reading C checkpoints from disk
+      refs = jax.tree.map(lambda *a: np.concatenate(a), *each)  # [C * M] models
+      pool = np.concatenate([ev, aux])
+      r = blackbox_signals(model, refs, x[pool], y[pool], stacked=True,
+                           microbatch_size=microbatch_size, defenses=config.defenses,
+                           names=("scaled_logit", "confidence"))
+      ne = ev.size
+      memo["ref"] = {k: r[k].reshape(len(names), m, -1) for k in ("scaled_logit", "confidence")}
+      memo["keep"] = reference_keep(config, ne)
+      log(f"reference signals of {len(names)} x {m} reference models")
+    return memo["ref"], memo["keep"]
+
+  def side(c):
+    def reference():
+      r, keep = references()
+      ne = keep.shape[1]
+      return {"scaled_logit": r["scaled_logit"][c, :, :ne],
+              "confidence": r["confidence"][c, :, :ne],
+              "confidence_z": r["confidence"][c, :, ne:], "keep": keep,
+              "discrete": bool(config.defenses),
+              "fields": {"num_reference": config.num_reference}}
+
+    return AttackerSide({
+        "reference": reference,
+        "whitebox": lambda: {
+            "model": model, "target": jax.tree.map(lambda a: a[c], stacked),
+            "aux_x": x[aux], "aux_y": y[aux], "target_train_size": setup.target_size,
+            "train_config": config.train_config(), "seed": config.seed, "log": log,
+            "num_eval": int(ev.size)}})
+  return side
+
+
 def attack_run(run_dir: str, *, checkpoints: str | None = None,
                attacks: Sequence[str] = ("loss", "confidence", "entropy", "modified_entropy"),
                microbatch_size: int = 1024, log=lambda s: None) -> dict[str, Any]:
   """Attacks every checkpoint of a run written by :func:`train_run` (or any directory of
-  checkpoints of the same model, with ``checkpoints``), writes ``checkpoint_results.json``
-  and ``checkpoints.png`` into ``run_dir`` and returns the results."""
+  checkpoints of the same model, with ``checkpoints``), writes ``checkpoint_results.json``,
+  ``checkpoint_scores.npz`` (per-example scores ``[C, N]`` of every attack) and
+  ``checkpoints.png`` into ``run_dir`` and returns the results.
+
+  Every registered attack that needs no shadow models runs: threshold attacks, LiRA and
+  RMIA (checkpoint c against the reference models saved after the same epoch: ``mia-jax
+  train --with-reference``), gradient norms, Stolen Memories and Nasr et al. (the
+  attacker's auxiliary data of the run's split). The scores of all checkpoints come from
+  one vmapped, compiled call per traceable attack (:func:`mia_jax.pipeline.run_stacked`).
+  """
   import time
 
-  from mia_jax._io import read_json
+  from mia_jax import pipeline
+  from mia_jax._io import read_json, write_npz_atomic
+  from mia_jax.attacks import registry
+  from mia_jax.attacks.base import Lazy
   from mia_jax.audit import SCHEMA_VERSION, device_info, prepare, versions, write_json_atomic
   from mia_jax.rundir import RunDir, check_out_path
+  from mia_jax.signals import blackbox_signals
   run_dir = check_out_path(run_dir, "run")
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.exists(cfg_path):
@@ -297,17 +316,16 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   if not isinstance(saved, dict):
     raise MiaInputError(f"run: {cfg_path} is corrupt (not a mapping of options)")
   config = config_from_dict(saved)
-  from mia_jax.attacks.threshold import THRESHOLD_ATTACKS
-  attacks = tuple(attacks)
-  known = sorted(THRESHOLD_ATTACKS) + list(REFERENCE_ATTACKS) + list(CHECKPOINT_WHITEBOX)
-  unknown = [a for a in attacks if a not in known]
-  if unknown or not attacks:
-    raise MiaInputError(f"attacks: unknown attack(s) {unknown}; expected some of {known}")
+  chosen = registry.select(list(attacks))
+  shadow = [a.name for a in chosen if "shadow" in a.attacker]
+  if shadow:
+    raise MiaInputError(f"attacks: {shadow} train shadow models, which 'mia-jax attack' does "
+                        "not do; run 'mia-jax audit' for them")
   setup = prepare(config)
   t0 = time.perf_counter()
   stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
                                          setup.model)
-  ref_attacks = [a for a in attacks if a in REFERENCE_ATTACKS]
+  ref_attacks = [a.name for a in chosen if "reference" in a.attacker]
   ref_dir = os.path.join(run_dir, "reference_checkpoints")
   if ref_attacks:  # every checkpoint needs reference models after the same epoch
     base = [n.split("[")[0] for n in names]
@@ -317,28 +335,46 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
           f"attacks: {ref_attacks} need reference models saved at the same epochs as the "
           f"checkpoints (run 'mia-jax train --with-reference'); {ref_dir} lacks {missing[:3]}")
   log(f"loaded {len(names)} checkpoints in {time.perf_counter() - t0:.1f}s")
+  c = len(names)
   ev = np.concatenate([setup.split.target_in, setup.split.target_out])
   is_member = np.r_[np.ones(setup.split.target_in.size, bool),
                     np.zeros(setup.split.target_out.size, bool)]
+  xe, ye, aux = setup.x[ev], setup.y[ev], setup.split.auxiliary
   t1 = time.perf_counter()
-  thr = [a for a in attacks if a in THRESHOLD_ATTACKS]
-  metrics, sig = attack_checkpoints(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
-                                    attacks=thr, microbatch_size=microbatch_size,
-                                    defenses=config.defenses, return_signals=True)
-  if ref_attacks:
-    _reference_attacks_per_checkpoint(config, setup, stacked, names, sig, ev, is_member,
-                                      ref_attacks, ref_dir, metrics, microbatch_size, log)
-  if "gradient-norm" in attacks:
-    _gradient_norms_per_checkpoint(setup.model, stacked, setup.x[ev], setup.y[ev], is_member,
-                                   metrics, min(microbatch_size, 256))
-  for m in metrics:  # the requested order
-    m["attacks"] = {a: m["attacks"][a] for a in attacks}
-  log(f"attacked {len(names)} checkpoints in {time.perf_counter() - t1:.1f}s")
+  metrics, sig = attack_checkpoints(setup.model, stacked, xe, ye, is_member, attacks=(),
+                                    microbatch_size=microbatch_size, defenses=config.defenses,
+                                    return_signals=True)
+  from mia_jax.whitebox import gradient_norms
+  signals = Lazy({
+      **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
+                                           "correct", "scaled_logit")},
+      "confidence_z": lambda: blackbox_signals(
+          setup.model, stacked, setup.x[aux], setup.y[aux], stacked=True,
+          microbatch_size=microbatch_size, defenses=config.defenses)["confidence"],
+      "gradient_norms": lambda: gradient_norms(setup.model, stacked, xe, ye, stacked=True,
+                                               microbatch_size=min(microbatch_size, 256)),
+  }, "checkpoint signals")
+  side_of = _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log)
+  scores: dict[str, np.ndarray] = {}
+  for attack in chosen:
+    s, subs, fields = pipeline.run_stacked(
+        attack, config, side_of, signals, c, per_checkpoint={"reference"}, log=log,
+        signals_of=lambda i: {"model": (setup.model, jax.tree.map(lambda a: a[i], stacked),
+                                        xe, ye)})
+    scores[attack.name] = s
+    scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
+    for i, m in enumerate(metrics):
+      m["attacks"][attack.name] = pipeline.entry(s[i], {k: v[i] for k, v in subs.items()},
+                                                 fields[i], is_member)
+  log(f"attacked {c} checkpoints in {time.perf_counter() - t1:.1f}s")
   results = {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
              "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],
              "timings": {"load": t1 - t0, "attack": time.perf_counter() - t1},
              "versions": versions(), "device": device_info()}
   with RunDir.open(run_dir, command="attack", log=log, refuse_finished=False) as rd:
+    write_npz_atomic(rd.file("checkpoint_scores.npz"), is_member=is_member, labels=ye,
+                     names=np.array(names), **{f"checkpoint_score:{k}": v
+                                               for k, v in scores.items()})
     write_json_atomic(rd.file("checkpoint_results.json"), results)
     plot_checkpoint_metrics(metrics, names, rd.file("checkpoints.png"))
   return results

@@ -64,7 +64,8 @@ def _add_audit_parser(sub) -> argparse.ArgumentParser:
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
   """The audit configuration's options (shared by 'audit' and 'train')."""
-  from mia_jax.audit import ALL_ATTACKS, AuditConfig
+  from mia_jax.attacks import registry
+  from mia_jax.audit import AuditConfig
   d = AuditConfig()
 
   def arg(*flags, key, help, **kw):
@@ -102,7 +103,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
   arg("--weight-decay", key="weight_decay", type=float,
       help="L2 coefficient lambda (adds lambda/2 ||params||^2 to the loss)")
   arg("--attacks", key="attacks", type=_csv,
-      help=f"comma-separated attacks from: {', '.join(ALL_ATTACKS)}")
+      help=f"comma-separated attacks from: {registry.help_text()}")
   arg("--layers", key="layers", type=_csv,
       help="white-box layers, comma-separated (None: every layer below the logits)")
   arg("--gradient-layers", key="gradient_layers", type=_csv,
@@ -343,7 +344,7 @@ def _attack_user_model(args, log):
   import jax
   import numpy as np
 
-  from mia_jax.attack_model import ATTACKS, attack_model, load_factory, read_indices
+  from mia_jax.attack_model import attack_model, load_factory, read_indices
   from mia_jax.data import load_dataset
   from mia_jax.foreign import load_foreign_stack
   from mia_jax.rundir import check_out_path
@@ -353,7 +354,7 @@ def _attack_user_model(args, log):
   if missing:
     raise MiaInputError(f"attack --model: also give {', '.join('--' + m for m in missing)}")
   out = check_out_path(args.out)
-  attacks = _csv(args.attacks) if args.attacks_given else ATTACKS
+  attacks = _csv(args.attacks) if args.attacks_given else None
   tcfg = TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
                      epochs=args.epochs, batch_size=args.batch_size)
   sys.path.insert(0, os.getcwd())  # a factory module beside the user's code
@@ -519,15 +520,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--checkpoints", default=None,
                  help="directory of checkpoints (default with --run: RUN/checkpoints), one "
                       "stacked checkpoint, or (with --model) your orbax checkpoints")
+  from mia_jax.attacks import registry
+  no_shadow = ", ".join(a.name for a in registry.all_attacks() if "shadow" not in a.attacker)
   p.add_argument("--attacks", default=None,
-                 help="comma-separated attacks. With --run: threshold attacks (loss, "
-                      "confidence, entropy, modified_entropy, correctness; default the first "
-                      "four) and, for runs trained with --with-reference, lira, lira-offline, "
-                      "lira-fixed-variance, rmia, rmia-offline (checkpoint c against the "
-                      "reference models of the same epoch), and the white-box gradient-norm. "
-                      "With --model: the threshold attacks, lira, lira-offline, "
-                      "lira-fixed-variance, rmia, rmia-offline (with --reference-checkpoints), "
-                      "gradient-norm, stolen-memories and nasr (default: all the inputs allow)")
+                 help=f"comma-separated attacks from: {no_shadow} (every attack that trains "
+                      "no shadow models). With --run the default is loss, confidence, "
+                      "entropy, modified_entropy; the reference attacks need a run trained "
+                      "with --with-reference (checkpoint c against the reference models of "
+                      "the same epoch). With --model the default is every attack the inputs "
+                      "allow (the reference attacks with --reference-checkpoints)")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
   g = p.add_argument_group("your own model (--model)")

@@ -5,7 +5,7 @@ losses) on members and non-members, optionally reference models' logits with the
 training membership, and a population set for RMIA -- and runs every black-box attack
 those inputs allow, with the very functions the audit uses
 (:func:`mia_jax.attacks.threshold.threshold_scores`,
-:func:`mia_jax.audit.reference_attacks`, :func:`mia_jax.metrics.summarize`), so on the
+the attack registry (:mod:`mia_jax.attacks.registry`), :func:`mia_jax.metrics.summarize`), so on the
 same signals its numbers are the audit's. ``mia-jax score SIGNALS.npz --out DIR`` is the
 command line behind it (:func:`load_signals` reads the file; keys in docs/score.md).
 
@@ -317,8 +317,9 @@ def _allowed(inp: _Inputs) -> dict[str, str | None]:
       why = (f"needs at least 2 reference models, got M={m}" if m < 2
              else lacking(n_in, "IN") or lacking(n_out, "OUT"))
       out[a] = out[a] or why
-    for a in ("lira-offline", "rmia-offline"):
-      out[a] = out[a] or lacking(n_out, "OUT")
+    for a in REFERENCE_ATTACKS:  # the online LiRAs above; offline ones need OUT only
+      if a.startswith("rmia") or "offline" in a:
+        out[a] = out[a] or (lacking(n_out, "OUT") if "offline" in a else None)
   return out
 
 
@@ -441,9 +442,9 @@ def evaluate(*, is_member: Any, logits: Any = None, losses: Any = None, labels: 
     _check_out(out, overwrite, dpi)
 
   from mia_jax._io import hash_arrays
-  from mia_jax.attacks.threshold import threshold_scores
-  from mia_jax.audit import device_info, reference_attacks, versions
-  from mia_jax.metrics import summarize
+  from mia_jax import pipeline
+  from mia_jax.attacks.base import AttackerSide, Lazy
+  from mia_jax.audit import device_info, versions
 
   timings: dict[str, float] = {}
   t0 = time.perf_counter()
@@ -461,31 +462,33 @@ def evaluate(*, is_member: Any, logits: Any = None, losses: Any = None, labels: 
     accuracy = sig["correct"]
   timings["signals"] = round(time.perf_counter() - t0, 3)
 
-  scores: dict[str, np.ndarray] = {}
-  attacks_out: dict[str, Any] = {}
-  for a, s in threshold_scores(sig, thresholds).items():
-    scores[a] = s
-    attacks_out[a] = summarize(s, inp.is_member, REPORT_FPRS)
-  if refs:
+  def reference():
     t0 = time.perf_counter()
     names = ("scaled_logit", "confidence")
     ref_sig = _signals(inp.kind, inp.ref, inp.labels, names, microbatch_size, stacked=True)
-    tgt_z = ref_z = None
+    ref_z = None
     if inp.pop is not None and any(a.startswith("rmia") for a in refs):
-      tgt_z = _signals(inp.kind, inp.pop, inp.pop_labels, ("confidence",),
-                       microbatch_size)["confidence"]
       ref_z = _signals(inp.kind, inp.pop_ref, inp.pop_labels, ("confidence",),
                        microbatch_size, stacked=True)["confidence"]
     timings["reference_signals"] = round(time.perf_counter() - t0, 3)
-    runs = reference_attacks(sig["scaled_logit"], ref_sig["scaled_logit"], sig["confidence"],
-                             tgt_z, ref_sig["confidence"], ref_z, inp.keep,
-                             rmia_offline_a=a_off)
-    for a in refs:
-      t0 = time.perf_counter()
-      scores[a] = np.asarray(runs[a](), np.float64)
-      timings[a] = round(time.perf_counter() - t0, 3)
-      attacks_out[a] = summarize(scores[a], inp.is_member, REPORT_FPRS)
-      attacks_out[a]["num_reference"] = int(inp.ref.shape[0])
+    return {"scaled_logit": ref_sig["scaled_logit"], "confidence": ref_sig["confidence"],
+            "confidence_z": ref_z, "keep": inp.keep, "discrete": False,
+            "fields": {"num_reference": int(inp.ref.shape[0])}}
+
+  signals = Lazy({**{k: (lambda k=k: sig[k]) for k in sig},
+                  "confidence_z": lambda: _signals(inp.kind, inp.pop, inp.pop_labels,
+                                                   ("confidence",), microbatch_size)["confidence"]},
+                 "signals")
+  side = AttackerSide({"reference": reference})
+  options = {"rmia_offline_a": a_off}
+  scores: dict[str, np.ndarray] = {}
+  attacks_out: dict[str, Any] = {}
+  for attack in pipeline.select(chosen):
+    t0 = time.perf_counter()
+    scores[attack.name], _, attacks_out[attack.name] = pipeline.run_one(
+        attack, options, side, signals, inp.is_member)
+    if attack.family != "threshold":
+      timings[attack.name] = round(time.perf_counter() - t0, 3)
   # Display order: the order the caller named, else SCORE_ATTACKS'.
   attacks_out = {a: attacks_out[a] for a in chosen}
   scores = {a: scores[a] for a in chosen}

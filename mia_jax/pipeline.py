@@ -1,0 +1,152 @@
+"""Runs registered attacks on one target or on C stacked checkpoints (the audit and
+``mia-jax attack`` share it).
+
+For each attack: ``configure`` from the run's options, ``fit`` on the attacker side, then
+``score`` on the target signals it declares. On a stack of C checkpoints a traceable
+attack's scores of every checkpoint come from one ``jax.jit(jax.vmap(score))`` call;
+an attack whose ``fit`` reads the target (``fit_per_target``) is fit per checkpoint, and
+one whose score is not traceable (Stolen Memories, Nasr et al.: their white-box passes
+have their own compiled, microbatched loops) is scored per checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from mia_jax.attacks.base import Attack, AttackerSide
+
+REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
+"""The false-positive rates every result reports TPR at (0.0: the lowest achievable)."""
+
+
+def decision_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float
+                     ) -> dict[str, Any]:
+  """Accuracy, precision and recall of the rule ``score >= threshold`` (precision None
+  when nothing is predicted a member, as :func:`mia_jax.metrics.precision_recall_at`)."""
+  pred = scores >= threshold
+  tp = int(np.sum(pred & is_member))
+  return {"threshold": float(threshold), "accuracy": float(np.mean(pred == is_member)),
+          "precision": float(tp / pred.sum()) if pred.any() else None,
+          "recall": float(tp / is_member.sum()), "predicted_members": int(pred.sum())}
+
+
+def calibrated(scores, is_member, threshold: float, calibration: dict) -> dict:
+  """A threshold chosen on attacker-side data, applied to the evaluation examples:
+  achieved precision, recall, FPR and the precision at other member priors."""
+  from mia_jax.metrics import precision_recall_at, prior_precision
+  precision, recall = precision_recall_at(scores, is_member, threshold)
+  fpr = float(np.mean(scores[~is_member] >= threshold))
+  return {**calibration, "threshold": threshold,
+          "precision": None if precision is None else float(precision),
+          "recall": float(recall), "fpr": fpr,
+          "prior_precision": {str(p): float(prior_precision(recall, fpr, p))
+                              for p in (0.5, 0.1, 0.01)}}
+
+
+def entry(scores: np.ndarray, subs: Mapping[str, np.ndarray], fields: Mapping[str, Any],
+          is_member: np.ndarray) -> dict[str, Any]:
+  """One attack's result entry: its metrics, its sub-scores' metrics (``layers``) and its
+  fields (a calibrated threshold becomes ``calibrated``; a decision rule ``decision``)."""
+  from mia_jax.metrics import summarize
+  out = summarize(scores, is_member, REPORT_FPRS)
+  if subs:
+    out["layers"] = {k: summarize(v, is_member, REPORT_FPRS) for k, v in subs.items()}
+  fields = dict(fields)
+  if "threshold" in fields:
+    out["calibrated"] = calibrated(scores, is_member, fields.pop("threshold"),
+                                   fields.pop("calibration", {}))
+  if "decision_threshold" in fields:
+    out["decision"] = decision_metrics(scores, is_member, fields.pop("decision_threshold"))
+  out.update(fields)
+  return out
+
+
+def _side_fields(attack: Attack, side: Mapping[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for name in attack.attacker:
+    out.update(side[name].get("fields", {}))
+  return out
+
+
+def run_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[str, Any],
+            is_member: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+  """``(scores float64[N], sub-scores, result entry)`` of one attack on one target."""
+  config = attack.configure(options)
+  state = attack.fit(config, side)
+  scores, subs, fields = attack.evaluate(config, state, signals)
+  scores = np.asarray(scores, np.float64)
+  subs = {k: np.asarray(v, np.float64) for k, v in subs.items()}
+  return scores, subs, entry(scores, subs, {**_side_fields(attack, side), **fields}, is_member)
+
+
+def _needed(attack: Attack, signals: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: signals[k] for k in attack.needs}
+
+
+def score_stacked(attack: Attack, config: Any, state: Any, signals: Mapping[str, Any],
+                  *, state_stacked: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Scores (and sub-scores) ``[C, N]`` of C checkpoints in one compiled, vmapped call:
+  ``signals`` carry a leading C axis; ``state`` is shared or (``state_stacked``) has one."""
+  def one(st, sig):
+    subs = attack.details(config, st, sig)[0] if attack.details else {}
+    return attack.score(st, sig), subs
+  fn = jax.jit(jax.vmap(one, in_axes=(0 if state_stacked else None, 0)))
+  s, subs = fn(state, _needed(attack, signals))
+  return np.asarray(s, np.float64), {k: np.asarray(v, np.float64) for k, v in subs.items()}
+
+
+def run_stacked(attack: Attack, options: Any, side_of: Callable[[int], AttackerSide],
+                signals: Mapping[str, Any], num_checkpoints: int, *,
+                signals_of: Callable[[int], Mapping[str, Any]] | None = None,
+                per_checkpoint: frozenset[str] | set[str] = frozenset(),
+                log: Callable[[str], None] = lambda s: None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]]:
+  """``(scores [C, N], sub-scores [C, N], per-checkpoint fields)`` of one attack.
+
+  Args:
+    side_of: checkpoint c's attacker side (``side_of(c)["whitebox"]["target"]`` is
+      checkpoint c).
+    signals: the target signals with a leading C axis (traceable attacks).
+    signals_of: checkpoint c's signals (attacks whose score is not traceable).
+    per_checkpoint: attacker-side inputs that differ by checkpoint (reference models
+      saved at each checkpoint's epoch): an attack reading one is fit per checkpoint and
+      its states stacked, then scored in the same single vmapped call.
+  """
+  config = attack.configure(options)
+  c_count = num_checkpoints
+  per_target = attack.fit_per_target or bool(set(attack.attacker) & set(per_checkpoint))
+  if attack.traceable:
+    if per_target:
+      states = [attack.fit(config, side_of(c)) for c in range(c_count)]
+      state = jax.tree.map(lambda *a: jax.numpy.stack(a), *states)
+      first_state = states[0]
+    else:
+      state = first_state = attack.fit(config, side_of(0))
+    scores, subs = score_stacked(attack, config, state, signals, state_stacked=per_target)
+    first = jax.tree.map(lambda a: a[0], _needed(attack, signals))
+    fields = attack.details(config, first_state, first)[1] if attack.details else {}
+    common = {**_side_fields(attack, side_of(0)), **fields}
+    return scores, subs, [dict(common) for _ in range(c_count)]
+  # Not traceable (Stolen Memories, Nasr et al.: their white-box passes have their own
+  # compiled, microbatched loops): scored per checkpoint, fit once unless the fit reads
+  # the target's own layers (Stolen Memories' proxies).
+  state = None if per_target else attack.fit(config, side_of(0))
+  outs = []
+  for c in range(c_count):
+    log(f"checkpoint {c + 1}/{c_count}: {attack.name}")
+    st = attack.fit(config, side_of(c)) if per_target else state
+    s, subs, fields = attack.evaluate(config, st, signals_of(c))
+    outs.append((np.asarray(s, np.float64), {k: np.asarray(v, np.float64)
+                                             for k, v in subs.items()},
+                 {**_side_fields(attack, side_of(c)), **fields}))
+  scores = np.stack([o[0] for o in outs])
+  subs = {k: np.stack([o[1][k] for o in outs]) for k in outs[0][1]}
+  return scores, subs, [o[2] for o in outs]
+
+
+def select(chosen: Sequence[str]) -> tuple[Attack, ...]:
+  from mia_jax.attacks import registry
+  return registry.select(chosen)
