@@ -553,6 +553,22 @@ def _header(run: _Run) -> list[_Block]:
   return blocks
 
 
+def _attack_descriptions(names: Sequence[str]) -> list[_Block]:
+  """What each attack of the run is, from the registry (names it does not know -- a run
+  written with an attack registered elsewhere -- are listed without a description)."""
+  from mia_jax.attacks import registry
+  rows = []
+  for name in names:
+    try:
+      a = registry.get(name)
+    except MiaInputError:
+      rows.append((name, "", "(not registered here)", ""))
+      continue
+    rows.append((name, a.family, a.summary, a.paper))
+  return [_Block("table", headers=("attack", "family", "what it scores (higher = member)",
+                                   "paper"), rows=rows, align_numbers=False)]
+
+
 def _summary(run: _Run, top: dict, layers: dict) -> list[_Block]:
   blocks = [_Block("h2", "Attacks")]
   if not top:
@@ -571,6 +587,7 @@ def _summary(run: _Run, top: dict, layers: dict) -> list[_Block]:
                             f"by TPR at 1% FPR: {by_tpr} "
                             f"({_pct((top[by_tpr].get('tpr_at_fpr') or {}).get('0.01'))})."))
   blocks.append(_Block("table", headers=headers, rows=[row(a, top[a]) for a in order]))
+  blocks += _attack_descriptions(order)
   n_neg = (run.results.get("dataset") or {}).get("num_nonmembers")
   if run.is_member is not None:
     n_neg = int((~run.is_member).sum())

@@ -120,8 +120,8 @@ def test_cli_attacks_every_checkpoint_of_a_user_linen_model(user_run, monkeypatc
   names = [c["name"] for c in res["checkpoints"]]
   assert names == [f"epoch_{i}" for i in range(5)]
   every = {"loss", "confidence", "entropy", "modified_entropy", "correctness", "lira",
-           "lira-offline", "lira-fixed-variance", "rmia", "rmia-offline", "gradient-norm",
-           "stolen-memories", "nasr"}
+           "lira-offline", "lira-fixed-variance", "lira-offline-fixed-variance", "rmia",
+           "rmia-offline", "gradient-norm", "stolen-memories", "nasr"}
   for c in res["checkpoints"]:
     assert set(c["attacks"]) == every
     assert all(0 <= a["auc"] <= 1 for a in c["attacks"].values())
