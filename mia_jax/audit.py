@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -449,75 +449,123 @@ def _whitebox_shadow_trainer(rd, name, model, tcfg, train_one, progress, log, ch
   return train
 
 
+def _saved_metadata(rd, name: str) -> dict:
+  """The metadata of the model saved as ``name`` in the run ({} if none or unreadable)."""
+  from mia_jax.train import read_metadata
+  path = os.path.join(rd.path, name)
+  if not os.path.isdir(os.path.join(path, "state")):
+    return {}
+  try:
+    return read_metadata(path)
+  except MiaInputError:
+    return {}
+
+
+def _saved_count(meta: dict) -> int | None:
+  """How many stacked models a saved stack holds, from its metadata (older runs: the
+  length of the keep matrix they stored as JSON)."""
+  if isinstance(meta.get("num_models"), int):
+    return meta["num_models"]
+  keep = meta.get("keep")
+  return len(keep) if isinstance(keep, list) and keep else None
+
+
+def _saved_keep(rd, name: str, meta: dict) -> np.ndarray | None:
+  """The keep matrix the saved stack ``name`` was trained with: ``{name}_keep.npz``
+  (checked against the hash in the stack's metadata), or the JSON list older runs kept in
+  the metadata itself."""
+  from mia_jax._io import hash_arrays
+  if "keep" in meta:
+    return np.asarray(meta["keep"], bool)
+  path = os.path.join(rd.path, f"{name}_keep.npz")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      keep = np.asarray(f["keep"], bool)
+  except Exception:  # noqa: BLE001 - a damaged .npz fails in zipfile, zlib, numpy...
+    return None  # the models are then trained again
+  return keep if hash_arrays(keep) == meta.get("keep_sha256") else None
+
+
 def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, description, log,
-                    checkpoint_dir=None, train_one=None):
-  """Trains M models at once, or reloads them from ``path`` when a run is resumed.
+                    checkpoint_dir=None, train_one=None, blocks=None):
+  """Trains M models at once (model m with seed ``(seed, m)``), or reloads them from the
+  run when it is resumed. A saved stack of M' < M models trained on ``keep[:M']`` is
+  grown: only models M'..M-1 are trained (as a fresh run would train them) and appended.
 
   ``train_one(x, y, indices, seed) -> variables`` (DP-SGD) trains them one at a time
-  instead, model m with seed ``(seed, m)`` as :func:`mia_jax.train.train_models` does.
+  instead, with the same seeds. ``blocks`` (the pool's growth history) is recorded.
   """
   import jax
   import jax.numpy as jnp
+  from mia_jax._io import hash_arrays
   from mia_jax.train import train_models
-  like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), keep.shape[0]))
-  variables, meta = _reuse_saved(rd, name, like, description, log)
-  if variables is not None:
-    if np.array_equal(np.asarray(meta.get("keep"), bool), keep):
-      return variables
-    log(f"resuming: the saved {description} were trained on other data; training them again")
+  m = keep.shape[0]
+  meta = _saved_metadata(rd, name)
+  m_old = _saved_count(meta)
+  reused = None
+  if m_old is not None and m_old <= m:
+    like = jax.eval_shape(jax.vmap(model.init), jax.random.split(jax.random.key(0), m_old))
+    variables, meta = _reuse_saved(rd, name, like, description, log)
+    if variables is not None:
+      saved_keep = _saved_keep(rd, name, meta)
+      if saved_keep is not None and np.array_equal(saved_keep, keep[:m_old]):
+        if m_old == m:
+          return variables
+        log(f"{description}: reusing the {m_old} saved models, training {m - m_old} more")
+        reused = variables
+      else:
+        log(f"resuming: the saved {description} were trained on other data; training them again")
+  start = 0 if reused is None else m_old
   if train_one is None:
-    variables = train_models(model, x, y, keep, config=tcfg, seed=seed, progress=progress,
-                             description=description, checkpoint_dir=checkpoint_dir).variables
+    new = train_models(model, x, y, keep[start:], config=tcfg, seed=seed, progress=progress,
+                       description=description, checkpoint_dir=checkpoint_dir,
+                       first_model=start).variables
   else:
     each = []
-    for m in range(keep.shape[0]):
-      log(f"{description}: training model {m + 1}/{keep.shape[0]} with DP-SGD")
-      each.append(train_one(x, y, np.flatnonzero(keep[m]), (seed, m)))
-    variables = jax.tree.map(lambda *a: jnp.stack(a), *each)
-  _save(rd, name, variables, {"model": dict(model.spec), "keep": keep.tolist()})
+    for i in range(start, m):
+      log(f"{description}: training model {i + 1}/{m} with DP-SGD")
+      each.append(train_one(x, y, np.flatnonzero(keep[i]), (seed, i)))
+    new = jax.tree.map(lambda *a: jnp.stack(a), *each)
+  variables = new if reused is None else jax.tree.map(
+      lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), reused, new)
+  write_npz_atomic(rd.file(f"{name}_keep.npz"), keep=keep)
+  _save(rd, name, variables, {"model": dict(model.spec), "num_models": m,
+                              "keep_sha256": hash_arrays(keep),
+                              "blocks": list(blocks) if blocks else [m]})
   return variables
 
 
-def reference_keep(config: AuditConfig, num_candidates: int) -> np.ndarray:
+def reference_blocks(config: AuditConfig, saved_blocks: Sequence[int] | None) -> list[int]:
+  """The reference pool's growth history: the saved pool's blocks plus one block of the
+  models ``config.num_reference`` adds ([16, 48] for a pool of 16 grown to 64); a fresh
+  pool (or one asked to shrink) is one block."""
+  m = config.num_reference
+  old = [int(b) for b in saved_blocks or ()]
+  if not old or sum(old) > m:
+    return [m]
+  return old if sum(old) == m else old + [m - sum(old)]
+
+
+def reference_keep(config: AuditConfig, num_candidates: int,
+                   blocks: Sequence[int] | None = None) -> np.ndarray:
   """The reference models' keep matrix over the evaluation candidates (members, then
-  non-members): each candidate IN for exactly half of ``config.num_reference`` models."""
+  non-members): each candidate IN for exactly half of ``config.num_reference`` models.
+
+  ``blocks`` (default: one block of all the models) is the pool's growth history: each
+  block is a balanced keep matrix of its own, the first the one a fresh run draws, so a
+  grown pool keeps its first models' rows and every candidate stays IN for exactly half
+  of the pool."""
   from mia_jax.data import keep_matrix
-  return keep_matrix(config.num_reference, num_candidates, seed=config.seed + 17)
-
-
-def reference_attacks(target_sl, ref_sl, target_conf, target_conf_z, ref_conf, ref_conf_z, keep,
-                      *, rmia_offline_a: float, discrete: bool = False
-                      ) -> dict[str, Callable[[], np.ndarray]]:
-  """LiRA and RMIA from signals, as thunks by attack name (the audit and the checkpoint
-  attack share them).
-
-  Args:
-    target_sl: float[N] or [N, A] the target's scaled logits (A augmentations).
-    ref_sl: float[M, N] or [M, N, A] the reference models' scaled logits.
-    target_conf, target_conf_z: float[N], float[Z] the target's true-class probability on
-      the candidates and on RMIA's population z.
-    ref_conf, ref_conf_z: float[M, N], float[M, Z] the same for the reference models.
-    keep: bool[M, N] reference training membership of the candidates.
-    rmia_offline_a: offline RMIA's a.
-    discrete: outputs come through a defended API.
-  """
-  from mia_jax.attacks import lira, rmia
-  # A defended API discretizes its outputs, so reference signals often tie exactly, and
-  # with 2 reference models each example has one IN and one OUT value: zero variance.
-  # There a std floor keeps the Gaussians proper (float32 cannot square the reference
-  # code's 1e-30); otherwise the reference code's eps.
-  eps = 1e-3 if discrete or np.shape(ref_sl)[0] == 2 else 1e-30
-  return {
-      "lira": lambda: lira.lira_online(target_sl, ref_sl, keep, eps=eps),
-      "lira-offline": lambda: lira.lira_offline(target_sl, ref_sl, keep, eps=eps),
-      "lira-fixed-variance": lambda: lira.lira_online(target_sl, ref_sl, keep,
-                                                      fix_variance=True, eps=eps),
-      "rmia": lambda: rmia.rmia_scores(target_conf, target_conf_z, ref_conf, ref_conf_z,
-                                       keep=keep),
-      "rmia-offline": lambda: rmia.rmia_scores(target_conf, target_conf_z, ref_conf,
-                                               ref_conf_z, keep=keep,
-                                               offline_a=rmia_offline_a),
-  }
+  blocks = [config.num_reference] if blocks is None else [int(b) for b in blocks]
+  if sum(blocks) != config.num_reference or any(b < 2 or b % 2 for b in blocks):
+    raise MiaInputError(f"num_reference: blocks {blocks} do not make a pool of "
+                        f"{config.num_reference} models (even sizes >= 2)")
+  parts, first = [], 0
+  for b in blocks:
+    parts.append(keep_matrix(b, num_candidates,
+                             seed=config.seed + 17 if first == 0 else (config.seed + 17, first)))
+    first += b
+  return np.concatenate(parts)
 
 
 def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray,
@@ -648,14 +696,21 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   out_dir = check_out_path(out_dir)
   if not isinstance(config, AuditConfig):
     raise MiaInputError(f"config: expected an AuditConfig, got {type(config).__name__}")
-  if not overwrite:
+  growing = not overwrite and _grows_reference_pool(out_dir, config)
+  if not overwrite and not growing:
     refuse_finished(out_dir)  # before loading any data
   stages = _Stages(log)
   setup = stages.run("load_data", lambda: prepare(config))
   checked = _check_with_data(config, setup, log)
-  with RunDir.open(out_dir, command="audit", overwrite=overwrite, log=log) as rd, \
+  with RunDir.open(out_dir, command="audit", overwrite=overwrite, log=log,
+                   refuse_finished=not growing) as rd, \
        progress_scope(progress, "signals"), log_to(log):
-    _check_or_write_config(rd, config, log)
+    _check_or_write_config(rd, config, log, growing)
+    if growing:  # the results are computed again with the grown pool
+      rd.mark_finished(False)
+      for name in ("results.json", "scores.npz"):
+        if os.path.exists(rd.file(name)):
+          os.remove(rd.file(name))
     rd.check_data(hash_arrays(setup.x, setup.y), f"dataset {config.dataset!r}")
     results_path = os.path.join(out_dir, "results.json")
     results = None
@@ -711,27 +766,57 @@ def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
   return _Checked(defenses, views, dp_info)
 
 
-def _check_or_write_config(rd, config: AuditConfig, log) -> None:
-  """A resumed run must have the configuration it started with; a new one records it."""
+def _config_changes(path: str, config: AuditConfig) -> tuple[dict, list[str]] | None:
+  """(the saved configuration, the options that differ) of the run in ``path``; None when
+  it has no config.json."""
   from mia_jax._io import read_json
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.exists(cfg_path):
+    return None
+  previous = read_json(cfg_path, "out")
+  if not isinstance(previous, dict):
+    raise MiaInputError(f"out: {cfg_path} is corrupt (not a mapping of options); pass "
+                        "--overwrite to start the run over")
+  # Options added to AuditConfig after the run started count with their defaults, so a
+  # run begun by an older version resumes when nothing it used has changed.
+  defaults = json.loads(json.dumps(AuditConfig().to_dict()))
+  previous = {**defaults, **previous}
+  current = json.loads(json.dumps(config.to_dict()))
+  return previous, sorted(k for k in set(previous) | set(current)
+                          if previous.get(k) != current.get(k))
+
+
+def _grows_reference_pool(path: str, config: AuditConfig) -> bool:
+  """The run in ``path`` (finished or not) differs from ``config`` only in a larger
+  ``num_reference``: it is reopened and only the new reference models are trained."""
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    return False
+  try:
+    found = _config_changes(path, config)
+  except MiaInputError:
+    return False
+  if found is None:
+    return False
+  previous, changed = found
+  return changed == ["num_reference"] and config.num_reference > previous["num_reference"]
+
+
+def _check_or_write_config(rd, config: AuditConfig, log, growing: bool = False) -> None:
+  """A resumed run must have the configuration it started with (or, ``growing``, a larger
+  reference pool); a new one records it."""
   cfg_path = rd.file("config.json")
-  if os.path.exists(cfg_path):
-    previous = read_json(cfg_path, "out")
-    if not isinstance(previous, dict):
-      raise MiaInputError(f"out: {cfg_path} is corrupt (not a mapping of options); pass "
-                          "--overwrite to start the run over")
-    # Options added to AuditConfig after the run started count with their defaults, so a
-    # run begun by an older version resumes when nothing it used has changed.
-    defaults = json.loads(json.dumps(AuditConfig().to_dict()))
-    previous = {**defaults, **previous}
-    current = json.loads(json.dumps(config.to_dict()))
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current)
-                       if previous.get(k) != current.get(k))
+  found = _config_changes(rd.path, config)
+  if found is not None:
+    previous, changed = found
+    if growing and changed == ["num_reference"]:
+      log(f"growing the reference pool of {rd.path} from {previous['num_reference']} to "
+          f"{config.num_reference} models (the saved ones are reused)")
+    elif changed:
       raise MiaInputError(
           f"out: {rd.path} holds an unfinished run with another configuration (differs in "
           f"{changed}); rerun with the same options to resume, or pass --overwrite")
-    log(f"resuming the unfinished run in {rd.path}")
+    else:
+      log(f"resuming the unfinished run in {rd.path}")
   write_json_atomic(cfg_path, config.to_dict())
 
 
@@ -834,10 +919,12 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     # non-members of the target), each candidate IN for exactly half of them, so every
     # reference model trains on as many examples as the target. The auxiliary data is
     # RMIA's population z (OUT for every reference model).
-    keep = reference_keep(config, eval_idx.size)
+    blocks = reference_blocks(config, _saved_metadata(rd, "reference").get("blocks"))
+    keep = reference_keep(config, eval_idx.size, blocks)
     refs = stages.run("reference_models", lambda: _stacked_models(
         rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
-        progress, "reference models", log, os.path.join(work, "reference"), train_one))
+        progress, "reference models", log, os.path.join(work, "reference"), train_one,
+        blocks))
     pool = np.concatenate([eval_idx, split.auxiliary])
     sig = stages.run("reference_signals", lambda: blackbox_signals(
         model, refs, x[pool], y[pool], microbatch_size=mb, stacked=True, defenses=defenses,
@@ -849,7 +936,9 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
           model, refs, x[eval_idx], y[eval_idx], views, defenses, mb, stacked=True))
     return {"scaled_logit": sl, "confidence": sig["confidence"][:, :ne],
             "confidence_z": sig["confidence"][:, ne:], "keep": keep,
-            "discrete": bool(defenses), "fields": {"num_reference": config.num_reference}}
+            "discrete": bool(defenses), "fields": {"num_reference": config.num_reference,
+                                                    **({"reference_blocks": blocks}
+                                                       if len(blocks) > 1 else {})}}
 
   def shadow():
     aux = split.auxiliary

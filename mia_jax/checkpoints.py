@@ -219,14 +219,18 @@ def _train_run(config, rd, setup, save_every, with_reference, progress, log, ref
   if with_reference:
     from mia_jax.train import train_models
     ev = np.concatenate([setup.split.target_in, setup.split.target_out])
+    from mia_jax._io import hash_arrays, write_npz_atomic
     keep = reference_keep(config, ev.size)
+    write_npz_atomic(rd.file("reference_keep.npz"), keep=keep)
+    keep_hash = hash_arrays(keep)
     ref_dir = rd.file("reference_checkpoints")
     rd.file("reference_train_state")
 
     def on_ref_epoch(epoch, variables):
       if (epoch + 1) % save_every == 0 or epoch + 1 == config.epochs:
         save_variables(os.path.join(ref_dir, f"epoch-{epoch + 1:06d}"), variables,
-                       overwrite=True, metadata={"epoch": epoch + 1, "keep": keep.tolist(),
+                       overwrite=True, metadata={"epoch": epoch + 1, "keep_sha256": keep_hash,
+                                                 "num_models": int(keep.shape[0]),
                                                  "model": dict(setup.model.spec)})
         log(f"saved {config.num_reference} reference models after epoch {epoch + 1}")
 

@@ -277,7 +277,7 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
                  seed: int = 0, init_variables: Variables | None = None, progress=None,
                  description: str = "training models", checkpoint_dir=None,
                  checkpoint_every: int = 1, on_epoch=None,
-                 mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+                 mesh: jax.sharding.Mesh | None = None, first_model: int = 0) -> TrainResult:
   """Trains M models at once, model m on the rows where ``keep[m]`` is True.
 
   Args:
@@ -285,7 +285,7 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     x: float[N, *input_shape]; y: int[N].
     keep: bool[M, N] membership matrix.
     config: the recipe.
-    seed: base seed, an int in [0, 2**32); model m uses ``(seed, m)``.
+    seed: base seed, an int in [0, 2**32); model m uses ``(seed, first_model + m)``.
     init_variables: optional stacked variables (leading axis M) to start from.
     progress: optional ``rich.progress.Progress``.
     checkpoint_dir, checkpoint_every, on_epoch: as in :func:`train_model` (the whole
@@ -293,6 +293,8 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     mesh: optional ``jax.sharding.Mesh`` with a "model" axis (``mia_jax.sharding.model_mesh()``)
       whose size divides M: the models are split over its devices, the data replicated;
       the result equals training without a mesh (see docs/multi_device.md).
+    first_model: the index of the first of these models in a larger pool, so that a pool
+      grown later trains its new models exactly as a bigger run would have trained them.
 
   Returns:
     TrainResult with stacked variables (every leaf has leading axis M; sharded over
@@ -314,7 +316,8 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
     if checkpoint_dir is not None and jax.process_count() > 1:
       raise MiaInputError("checkpoint_dir: not supported with a mesh spanning several "
                           "processes (save the gathered result on one process instead)")
-  seeds = [(int(seed), m) for m in range(keep.shape[0])]
+  first_model = check_positive_int(first_model, "first_model", minimum=0)
+  seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
   return _train(model, x, y, keep, config, seeds, init_variables, progress, description,
                 True, checkpoint_dir, checkpoint_every, on_epoch, mesh)
 
@@ -589,6 +592,12 @@ def _restore(ckpt, path, state, like, metadata):
     raise CorruptCheckpointError(f"path: checkpoint {path} is corrupt: its content differs "
                                  "from what was saved (sha256 mismatch)")
   return variables, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+  """The ``metadata.json`` of a checkpoint written by :func:`save_variables` (without
+  reading its arrays)."""
+  return _read_metadata(os.fspath(path))
 
 
 def _read_metadata(path: str) -> dict:

@@ -90,7 +90,7 @@ def keep_matrix(num_models: int, num_examples: int, *, seed: int = 0) -> np.ndar
   Args:
     num_models: M, even and >= 2.
     num_examples: N >= 1.
-    seed: seed of the NumPy generator.
+    seed: seed of the NumPy generator (an int, or a tuple of ints for a sub-stream).
 
   Returns:
     bool[M, N].
@@ -104,7 +104,10 @@ def keep_matrix(num_models: int, num_examples: int, *, seed: int = 0) -> np.ndar
         f"num_models: expected an even number so every example is IN for exactly half "
         f"of the models, got {num_models}")
   num_examples = check_positive_int(num_examples, "num_examples")
-  seed = check_positive_int(seed, "seed", minimum=0)
+  if isinstance(seed, tuple):  # a named sub-stream, e.g. (seed, first model of a block)
+    seed = tuple(check_positive_int(s, "seed", minimum=0) for s in seed)
+  else:
+    seed = check_positive_int(seed, "seed", minimum=0)
   keys = np.random.default_rng(seed).random((num_models, num_examples))
   ranks = np.argsort(np.argsort(keys, axis=0, kind="stable"), axis=0, kind="stable")
   return ranks < num_models // 2
