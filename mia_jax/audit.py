@@ -487,13 +487,14 @@ def _saved_keep(rd, name: str, meta: dict) -> np.ndarray | None:
 
 
 def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, description, log,
-                    checkpoint_dir=None, train_one=None, blocks=None):
+                    checkpoint_dir=None, dp=None, blocks=None):
   """Trains M models at once (model m with seed ``(seed, m)``), or reloads them from the
   run when it is resumed. A saved stack of M' < M models trained on ``keep[:M']`` is
   grown: only models M'..M-1 are trained (as a fresh run would train them) and appended.
 
-  ``train_one(x, y, indices, seed) -> variables`` (DP-SGD) trains them one at a time
-  instead, with the same seeds. ``blocks`` (the pool's growth history) is recorded.
+  ``dp`` (``{"noise_multiplier", "clip_norm"}``) trains them with DP-SGD, stacked as well
+  (:func:`mia_jax.dp.train_models_dp`: each model as it would train alone with its seed).
+  ``blocks`` (the pool's growth history) is recorded.
   """
   import jax
   import jax.numpy as jnp
@@ -516,16 +517,15 @@ def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, descripti
       else:
         log(f"resuming: the saved {description} were trained on other data; training them again")
   start = 0 if reused is None else m_old
-  if train_one is None:
+  if dp is None:
     new = train_models(model, x, y, keep[start:], config=tcfg, seed=seed, progress=progress,
                        description=description, checkpoint_dir=checkpoint_dir,
                        first_model=start).variables
   else:
-    each = []
-    for i in range(start, m):
-      log(f"{description}: training model {i + 1}/{m} with DP-SGD")
-      each.append(train_one(x, y, np.flatnonzero(keep[i]), (seed, i)))
-    new = jax.tree.map(lambda *a: jnp.stack(a), *each)
+    from mia_jax.dp import train_models_dp
+    log(f"{description}: training models {start + 1}..{m} with DP-SGD, stacked")
+    new = train_models_dp(model, x, y, keep[start:], config=tcfg, seed=seed,
+                          first_model=start, **dp).variables
   variables = new if reused is None else jax.tree.map(
       lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), reused, new)
   write_npz_atomic(rd.file(f"{name}_keep.npz"), keep=keep)
@@ -911,8 +911,10 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
   from mia_jax.attacks.base import AttackerSide
   from mia_jax.signals import blackbox_signals
   x, y, split, model = setup.x, setup.y, setup.split, setup.model
-  defenses, views, _ = checked
+  defenses, views, dp_info = checked
   tcfg, mb = config.train_config(), config.microbatch_size
+  dp = None if dp_info is None else {"noise_multiplier": dp_info["noise_multiplier"],
+                                     "clip_norm": config.clip_norm}
 
   def reference():
     # LiRA's setup: reference models on random halves of the candidates (members and
@@ -923,8 +925,7 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     keep = reference_keep(config, eval_idx.size, blocks)
     refs = stages.run("reference_models", lambda: _stacked_models(
         rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
-        progress, "reference models", log, os.path.join(work, "reference"), train_one,
-        blocks))
+        progress, "reference models", log, os.path.join(work, "reference"), dp, blocks))
     pool = np.concatenate([eval_idx, split.auxiliary])
     sig = stages.run("reference_signals", lambda: blackbox_signals(
         model, refs, x[pool], y[pool], microbatch_size=mb, stacked=True, defenses=defenses,
@@ -947,7 +948,7 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size, config.seed + 23)
     shadows = stages.run("shadow_models", lambda: _stacked_models(
         rd, "shadow", model, sx, sy, skeep, tcfg, config.seed + 2,
-        progress, "shadow models", log, os.path.join(work, "shadow"), train_one))
+        progress, "shadow models", log, os.path.join(work, "shadow"), dp))
     probs = _predict_probs(model, shadows, sx, defenses, mb, stacked=True)
     fields = {"num_shadow": config.num_shadow, "shadow_source": config.shadow_source}
     if synthesis is not None:

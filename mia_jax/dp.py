@@ -52,7 +52,7 @@ import optax
 from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
 from mia_jax.train import (Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed,
-                           check_converging, jax_key)
+                           check_converging, jax_key, program_key)
 from mia_jax.models.adapters import check_model
 
 SAMPLINGS = ("poisson", "shuffle")
@@ -60,7 +60,7 @@ SAMPLINGS = ("poisson", "shuffle")
 __all__ = [
     "SAMPLINGS", "clip_and_sum", "clipped_grad_sum", "epsilon_for", "membership_advantage_bounds",
     "noise_for_epsilon", "sampling_rate", "steps_per_epoch", "tight_accuracy_bound",
-    "tight_advantage_bound", "tpr_bound", "train_model_dp", "training_epsilon",
+    "tight_advantage_bound", "tpr_bound", "train_model_dp", "train_models_dp", "training_epsilon",
     "yeom_accuracy_bound", "yeom_advantage_bound",
 ]
 
@@ -167,9 +167,14 @@ def _gaussian_like(key: jax.Array, tree: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size: int | None):
-  """Jitted DP-SGD epoch ``(params, opt_state, key, x, y, idx[T, B'], w[T, B'], clip_norm,
-  noise_std) -> (params, opt_state, mean loss)``, and the optax transformation."""
+def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size: int | None,
+                       stacked: bool = False):
+  """Jitted DP-SGD epoch ``(params, opt_state, key, x, y, idx[T, B'], w[T, B'], active[T],
+  clip_norm, noise_std) -> (params, opt_state, mean loss)``, and the optax transformation.
+  ``active[t]`` False skips step t (no update, no noise): the padding of a model with
+  fewer steps per epoch than the others it is stacked with. With ``stacked`` the epoch is
+  vmapped over a leading model axis of everything but the data. Cached on the recipe
+  without ``epochs`` (see :func:`mia_jax.train.program_key`)."""
   tx = config.optimizer_fn()
   bsz = config.batch_size
 
@@ -177,10 +182,10 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
     logits, _ = model.apply_train({"params": params}, xi[None], ki)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
 
-  def epoch(params, opt_state, ekey, x_all, y_all, idx, w, clip_norm, noise_std):
+  def epoch(params, opt_state, ekey, x_all, y_all, idx, w, active, clip_norm, noise_std):
     def step(carry, batch):
       params, opt_state = carry
-      idx_b, w_b, t = batch
+      idx_b, w_b, on, t = batch
       skey = jax.random.fold_in(ekey, t)
       k_drop, k_noise = jax.random.split(skey)
       ex_keys = jax.random.split(k_drop, idx_b.shape[0])
@@ -191,13 +196,19 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
                            _gaussian_like(k_noise, summed))
       if config.weight_decay > 0:
         grads = jax.tree.map(lambda g, p: g + config.weight_decay * p, grads, params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), (loss_sum, jnp.sum(w_b))
+      updates, new_opt = tx.update(grads, opt_state, params)
+      new = optax.apply_updates(params, updates)
+      keep_old = lambda a, b: jnp.where(on, a, b)  # noqa: E731
+      return ((jax.tree.map(keep_old, new, params), jax.tree.map(keep_old, new_opt, opt_state)),
+              (loss_sum * on, jnp.sum(w_b) * on))
 
     t = jnp.arange(idx.shape[0])
-    (params, opt_state), (losses, counts) = jax.lax.scan(step, (params, opt_state), (idx, w, t))
+    (params, opt_state), (losses, counts) = jax.lax.scan(step, (params, opt_state),
+                                                         (idx, w, active, t))
     return params, opt_state, jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1.0)
 
+  if stacked:
+    epoch = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0, 0, 0, None, None))
   return jax.jit(epoch), tx
 
 
@@ -207,6 +218,89 @@ def _check_dp_args(noise_multiplier, clip_norm):
   clip_norm = check_in_range(clip_norm, "clip_norm", 0.0, np.inf, low_open=True,
                              high_open=True)
   return noise_multiplier, clip_norm
+
+
+class _Schedule:
+  """One model's DP-SGD batches, drawn on the host from its own seeded generator:
+  ``epoch(e) -> (idx int32[T, cap], w float32[T, cap])``; ``cap`` and ``steps`` are fixed
+  for the whole run (Poisson batch sizes are drawn up front)."""
+
+  def __init__(self, indices: np.ndarray, config: TrainConfig, seed: Seed, sampling: str):
+    n, bsz = indices.size, config.batch_size
+    self.steps = steps_per_epoch(n, bsz)
+    self.rng = np.random.default_rng(_np_seed(seed))
+    self.indices, self.bsz, self.sampling = indices, bsz, sampling
+    if sampling == "poisson":
+      # All batch sizes first (Binomial(n, q)), so the padded capacity is fixed for the run.
+      self.counts = self.rng.binomial(n, sampling_rate(n, bsz), size=(config.epochs, self.steps))
+      self.cap = max(8, int(-(-self.counts.max() // 8) * 8))
+    else:
+      self.cap = bsz
+
+  def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+    if self.sampling == "poisson":
+      return _poisson_epoch(self.rng, self.indices, self.counts[e], self.cap)
+    s = _epoch_schedule(self.rng, self.indices, self.bsz, self.steps)
+    return s.idx, s.weight
+
+
+def _check_dp_model(model, noise_multiplier, clip_norm, sampling, microbatch_size, config):
+  if not isinstance(config, TrainConfig):
+    raise MiaInputError(f"config: expected a TrainConfig, got {type(config).__name__}")
+  noise_multiplier, clip_norm = _check_dp_args(noise_multiplier, clip_norm)
+  if sampling not in SAMPLINGS:
+    raise MiaInputError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
+  if microbatch_size is not None:
+    microbatch_size = check_positive_int(microbatch_size, "microbatch_size")
+  abstract = jax.eval_shape(model.init, jax.random.key(0))
+  if set(abstract) != {"params"}:
+    raise MiaInputError(
+        f"model: DP-SGD needs per-example gradients, but {model.name!r} has non-parameter "
+        f"state {sorted(set(abstract) - {'params'})} (e.g. BatchNorm); use a model without it")
+  return noise_multiplier, clip_norm, microbatch_size
+
+
+def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainConfig,
+            noise_multiplier: float, clip_norm: float, sampling: str,
+            microbatch_size: int | None, stacked: bool) -> TrainResult:
+  """DP-SGD of one model per (members, seed); ``stacked``: all of them in one vmapped
+  program, each with exactly the batches, noise and dropout keys it gets alone."""
+  schedules = [_Schedule(idx, config, s, sampling) for idx, s in zip(members, seeds)]
+  cap = max(s.cap for s in schedules)
+  steps = max(s.steps for s in schedules)
+  if microbatch_size is not None and microbatch_size < cap:
+    cap = -(-cap // microbatch_size) * microbatch_size
+  else:
+    microbatch_size = None
+  run, tx = _compiled_dp_epoch(model, program_key(config), microbatch_size, stacked)
+  keys = [jax_key(s) for s in seeds]
+  params = [model.init(jax.random.fold_in(k, 0))["params"] for k in keys]  # as mia_jax.train
+  if stacked:
+    params = jax.tree.map(lambda *a: jnp.stack(a), *params)
+    opt_state = jax.vmap(tx.init)(params)
+  else:
+    params = params[0]
+    opt_state = tx.init(params)
+  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+  noise_std = noise_multiplier * clip_norm
+  losses = np.zeros((len(seeds), config.epochs), np.float32)
+  for e in range(config.epochs):
+    idx = np.zeros((len(seeds), steps, cap), np.int32)
+    w = np.zeros((len(seeds), steps, cap), np.float32)
+    active = np.zeros((len(seeds), steps), bool)
+    for m, s in enumerate(schedules):
+      i_m, w_m = s.epoch(e)
+      idx[m, :i_m.shape[0], :i_m.shape[1]] = i_m
+      w[m, :w_m.shape[0], :w_m.shape[1]] = w_m
+      active[m, :s.steps] = True
+    ekeys = [jax.random.fold_in(k, e + 1) for k in keys]
+    args = (jnp.stack(ekeys), x_dev, y_dev, jnp.asarray(idx), jnp.asarray(w),
+            jnp.asarray(active)) if stacked else (ekeys[0], x_dev, y_dev, jnp.asarray(idx[0]),
+                                                  jnp.asarray(w[0]), jnp.asarray(active[0]))
+    params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std)
+    losses[:, e] = np.asarray(loss)
+    check_converging(losses[:, e], "DP-SGD training", e + 1, config)
+  return TrainResult({"params": params}, losses if stacked else losses[0])
 
 
 def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
@@ -237,61 +331,46 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
   Raises:
     MiaInputError: a bad argument, named in the message.
   """
-  if not isinstance(config, TrainConfig):
-    raise MiaInputError(f"config: expected a TrainConfig, got {type(config).__name__}")
-  noise_multiplier, clip_norm = _check_dp_args(noise_multiplier, clip_norm)
-  if sampling not in SAMPLINGS:
-    raise MiaInputError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
-  if microbatch_size is not None:
-    microbatch_size = check_positive_int(microbatch_size, "microbatch_size")
+  noise_multiplier, clip_norm, microbatch_size = _check_dp_model(
+      model, noise_multiplier, clip_norm, sampling, microbatch_size, config)
   x, y = check_model(model).check_inputs(x, y)
   indices = check_indices(indices, x.shape[0])
-  abstract = jax.eval_shape(model.init, jax.random.key(0))
-  if set(abstract) != {"params"}:
-    raise MiaInputError(
-        f"model: DP-SGD needs per-example gradients, but {model.name!r} has non-parameter "
-        f"state {sorted(set(abstract) - {'params'})} (e.g. BatchNorm); use a model without it")
+  return _run_dp(model, x, y, [indices], [seed], config, noise_multiplier, clip_norm,
+                 sampling, microbatch_size, stacked=False)
 
-  n = indices.size
-  bsz = config.batch_size
-  steps = steps_per_epoch(n, bsz)
-  key = jax_key(seed)
-  rng = np.random.default_rng(_np_seed(seed))
-  if sampling == "poisson":
-    # All batch sizes first (Binomial(n, q)), so the padded capacity is fixed for the run.
-    counts = rng.binomial(n, sampling_rate(n, bsz), size=(config.epochs, steps))
-    cap = max(8, int(-(-counts.max() // 8) * 8))
-    epochs_iter = iter(counts)
 
-    def next_schedule():
-      return _poisson_epoch(rng, indices, next(epochs_iter), cap)
-  else:
-    cap = bsz
+def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
+                    noise_multiplier: float, clip_norm: float, seed: int = 0,
+                    sampling: str = "poisson", microbatch_size: int | None = None,
+                    first_model: int = 0) -> TrainResult:
+  """Trains M models at once with DP-SGD, model m on the rows where ``keep[m]`` is True,
+  with seed ``(seed, first_model + m)`` (as :func:`mia_jax.train.train_models`).
 
-    def next_schedule():
-      s = _epoch_schedule(rng, indices, bsz, steps)
-      return s.idx, s.weight
-  if microbatch_size is not None and microbatch_size < cap:
-    cap_mb = -(-cap // microbatch_size) * microbatch_size
-  else:
-    cap_mb, microbatch_size = cap, None
-  run, tx = _compiled_dp_epoch(model, config, microbatch_size)
-  noise_std = noise_multiplier * clip_norm
-  params = model.init(jax.random.fold_in(key, 0))["params"]  # as mia_jax.train
-  opt_state = tx.init(params)
-  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
-  losses = np.zeros(config.epochs, np.float32)
-  for e in range(config.epochs):
-    idx, w = next_schedule()
-    if cap_mb > idx.shape[1]:
-      pad = cap_mb - idx.shape[1]
-      idx = np.pad(idx, ((0, 0), (0, pad)))
-      w = np.pad(w, ((0, 0), (0, pad)))
-    params, opt_state, loss = run(params, opt_state, jax.random.fold_in(key, e + 1), x_dev,
-                                  y_dev, jnp.asarray(idx), jnp.asarray(w), clip_norm, noise_std)
-    losses[e] = float(loss)
-    check_converging(losses[e:e + 1], "DP-SGD training", e + 1, config)
-  return TrainResult({"params": params}, losses)
+  Model m gets exactly the batches, noise and dropout keys that
+  ``train_model_dp(..., indices=flatnonzero(keep[m]), seed=(seed, first_model + m))``
+  gives it alone; only float32 rounding of the vmapped program differs. Its privacy is
+  that model's own (its n_m = keep[m].sum() members set its sampling rate).
+
+  Returns:
+    TrainResult with stacked variables (leading axis M) and losses[M, epochs].
+  """
+  from mia_jax._validation import as_array, check_seed
+  noise_multiplier, clip_norm, microbatch_size = _check_dp_model(
+      model, noise_multiplier, clip_norm, sampling, microbatch_size, config)
+  seed = check_seed(seed, allow_tuple=False)
+  first_model = check_positive_int(first_model, "first_model", minimum=0)
+  x, y = check_model(model).check_inputs(x, y)
+  keep = as_array(keep, "keep")
+  if keep.ndim != 2 or keep.shape[1] != x.shape[0] or keep.dtype != bool:
+    raise MiaInputError(f"keep: expected bool[M, {x.shape[0]}] to match x, got "
+                        f"{keep.dtype}{list(keep.shape)}")
+  empty = np.flatnonzero(keep.sum(1) == 0)
+  if empty.size:
+    raise MiaInputError(f"keep: model(s) {empty[:5].tolist()} have no training examples")
+  members = [np.flatnonzero(k) for k in keep]
+  seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
+  return _run_dp(model, x, y, members, seeds, config, noise_multiplier, clip_norm, sampling,
+                 microbatch_size, stacked=True)
 
 
 # -- accounting ----------------------------------------------------------------------------

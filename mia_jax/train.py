@@ -128,6 +128,12 @@ def _steps(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
 
 
+def program_key(config: TrainConfig) -> TrainConfig:
+  """What of a recipe changes the compiled step: everything but ``epochs`` (a longer run
+  of the same recipe reuses the compiled step)."""
+  return dataclasses.replace(config, epochs=1)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool,
                     mesh: jax.sharding.Mesh | None = None):
@@ -396,7 +402,7 @@ class log_to:  # noqa: N801 - used as a context manager, like a function
 def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked,
            checkpoint_dir=None, checkpoint_every=1, on_epoch=None, mesh=None):
   m_count = keep.shape[0]
-  run, tx = _compiled_epoch(model, config, stacked, mesh)
+  run, tx = _compiled_epoch(model, program_key(config), stacked, mesh)
   keys = [jax_key(s) for s in seeds]
   if init_variables is None:
     init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in keys])

@@ -365,3 +365,22 @@ def test_train_model_indices_errors(err_setup):
   for idx in ([], [0, 10], [-1, 2], [[0, 1]]):
     with pytest.raises(MiaInputError, match="indices"):
       train_model(model, x, y, indices=idx)
+
+
+def test_changing_only_epochs_reuses_the_compiled_step():
+  """The compiled epoch is cached on what changes the program (the recipe without
+  ``epochs``): a longer run of the same recipe does not build a new one (nor does DP)."""
+  from mia_jax import dp, train as tr
+  model = make_model("mlp", input_shape=(5,), num_classes=3, widths=(7,))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 40)
+  for fn, cached in ((lambda c: tr.train_model(model, x, y, config=c), tr._compiled_epoch),
+                     (lambda c: dp.train_model_dp(model, x, y, config=c, noise_multiplier=1.0,
+                                                  clip_norm=1.0), dp._compiled_dp_epoch)):
+    fn(TrainConfig(epochs=1, batch_size=8, learning_rate=0.0123))
+    misses = cached.cache_info().misses
+    fn(TrainConfig(epochs=3, batch_size=8, learning_rate=0.0123))
+    assert cached.cache_info().misses == misses
+    fn(TrainConfig(epochs=1, batch_size=8, learning_rate=0.0456))  # another program
+    assert cached.cache_info().misses == misses + 1
