@@ -203,3 +203,59 @@ def test_end_to_end_lira_and_rmia_on_trained_mlps():
   assert lira_auc > 0.75, lira_auc
   assert np.mean(aucs_on) > 0.75, aucs_on
   assert np.mean(aucs_off) > 0.75, aucs_off
+
+
+def _privacy_meter_rmia(all_signals, population_signals, all_memberships, target_idx,
+                        num_reference_models, offline_a):
+  """ML Privacy Meter's current offline RMIA (modules/attacks: get_rmia_out_signals +
+  run_rmia), written out independently: models are columns; the target and its paired
+  model are excluded; IN values are zeroed and the largest num_reference_models values of
+  each row are averaged; the ratio comparison is strict."""
+  paired = target_idx + 1 if target_idx % 2 == 0 else target_idx - 1
+  cols = [i for i in range(all_signals.shape[1]) if i not in (target_idx, paired)]
+  cols = cols[:2 * num_reference_models]
+
+  def out_mean(signals, memberships):
+    out = signals[:, cols] * ~memberships[:, cols]
+    return np.mean(-np.sort(-out, axis=1)[:, :num_reference_models], axis=1)
+
+  mean_x = (1 + offline_a) / 2 * out_mean(all_signals, all_memberships) + (1 - offline_a) / 2
+  mean_z = ((1 + offline_a) / 2 * out_mean(population_signals,
+                                            np.zeros_like(population_signals, bool))
+            + (1 - offline_a) / 2)
+  ratio_x = all_signals[:, target_idx] / mean_x
+  ratio_z = population_signals[:, target_idx] / mean_z
+  return np.mean(ratio_x[:, None] / ratio_z[None, :] > 1.0, axis=1), mean_x, mean_z
+
+
+def test_privacy_meter_rule_matches_an_independent_implementation_and_differs_on_z():
+  rng = np.random.default_rng(5)
+  n, z, m = 60, 80, 8  # 8 reference models, plus the target (0) and its pair (1)
+  keep = np.zeros((m, n), bool)
+  for i in range(n):
+    keep[rng.permutation(m)[: m // 2], i] = True
+  signals = rng.uniform(0.01, 0.99, size=(n, m + 2))
+  population = rng.uniform(0.01, 0.99, size=(z, m + 2))
+  memberships = np.zeros((n, m + 2), bool)
+  memberships[:, 2:] = keep.T
+  memberships[:, 0] = rng.random(n) < 0.5
+  memberships[:, 1] = ~memberships[:, 0]
+  a = 0.3
+  want, mean_x, mean_z = _privacy_meter_rmia(signals, population, memberships, 0, m // 2, a)
+  refs_x, refs_z = signals[:, 2:].T, population[:, 2:].T
+  state = rmia.rmia_fit(refs_x, refs_z, keep=keep, offline_a=a, pr_rule="privacy_meter")
+  np.testing.assert_allclose(state.pr_x, mean_x, rtol=1e-6)
+  np.testing.assert_allclose(state.pr_z, mean_z, rtol=1e-6)
+  # Continuous draws: no exact ties, so the paper's >= and the code's > agree.
+  got = rmia.rmia_score(state, signals[:, 0], population[:, 0])
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  # The paper's average: the same Pr(x) (each x has exactly M/2 OUT references), and a
+  # Pr(z) that is the mean of all M values, below the largest half's mean.
+  ours = rmia.rmia_fit(refs_x, refs_z, keep=keep, offline_a=a)
+  np.testing.assert_allclose(ours.pr_x, state.pr_x, rtol=1e-6)
+  np.testing.assert_allclose(ours.pr_z, 0.5 * ((1 + a) * refs_z.mean(0) + (1 - a)), rtol=1e-6)
+  assert np.all(ours.pr_z < state.pr_z)
+  with pytest.raises(MiaInputError, match="pr_rule"):
+    rmia.rmia_fit(refs_x, refs_z, keep=keep, pr_rule="privacy_meter")  # online
+  with pytest.raises(MiaInputError, match="pr_rule"):
+    rmia.rmia_fit(refs_x, refs_z, keep=keep, offline_a=a, pr_rule="median")

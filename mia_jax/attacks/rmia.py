@@ -25,6 +25,19 @@ the same ratio on population samples z (never in the target's training set):
 The comparison is ``>= gamma`` as in the paper's definition; the authors' code uses a
 strict ``>``. The two differ only on exact ties.
 
+How ``Pr(z)`` is computed, and ML Privacy Meter's current code. Here ``Pr(z)`` is the
+mean of the true-label probability of z over **all** M reference models (every z is OUT
+for every one of them), through the offline mix in the offline attack; ``Pr(x)`` (offline)
+the mean over the references that are OUT for x. ML Privacy Meter's current
+``get_rmia_out_signals`` (privacy_meter, ``modules/attacks``: ``run_rmia``) instead zeroes
+the IN entries, sorts each example's M reference values in decreasing order and keeps the
+largest M/2: for an x with exactly M/2 OUT references that is their mean, as here, but for
+z (all OUT) it is the mean of the **largest half** of the OUT values, which is at least the
+mean of all of them -- a larger ``Pr(z)``, so smaller ratios ``p(z) / Pr(z)`` on the
+population and, for the same target, higher scores. ``pr_rule="privacy_meter"`` in
+:func:`rmia_fit` (offline only) reproduces that rule, tested against an independent
+implementation of it; the default ``"mean"`` is the paper's average.
+
 ``Pr`` is floored at the smallest positive normal float so a ratio never divides by
 zero. The N x Z comparison is never materialised: ``ratio(z)`` is sorted once and each
 x is answered by a binary search that applies the exact predicate
@@ -44,7 +57,9 @@ import numpy as np
 from mia_jax._validation import (check_keep_shape, MiaInputError, as_array, check_finite, check_in_range,
                                  check_ndim, check_positive_int)
 
-__all__ = ["RmiaState", "rmia_fit", "rmia_score", "rmia_scores"]
+__all__ = ["PR_RULES", "RmiaState", "rmia_fit", "rmia_score", "rmia_scores"]
+
+PR_RULES = ("mean", "privacy_meter")
 
 
 class RmiaState(NamedTuple):
@@ -159,7 +174,7 @@ def _ratios(state: RmiaState, p_target_x, p_target_z):
 
 
 def rmia_fit(p_ref_x: Any, p_ref_z: Any, *, keep: Any = None,
-             offline_a: float | None = None) -> RmiaState:
+             offline_a: float | None = None, pr_rule: str = "mean") -> RmiaState:
   """Averages the reference models' probabilities: ``Pr(x)`` and ``Pr(z)``.
 
   Args:
@@ -171,6 +186,10 @@ def rmia_fit(p_ref_x: Any, p_ref_z: Any, *, keep: Any = None,
       references and only checks its shape.
     offline_a: ``None`` for the online attack, else the offline coefficient
       ``a`` in [0, 1]: ``Pr(x) = 0.5 * ((1 + a) * Pr_OUT(x) + (1 - a))``.
+    pr_rule: ``"mean"`` (the paper: ``Pr_OUT`` is the mean over the OUT references) or,
+      offline only, ``"privacy_meter"`` (ML Privacy Meter's current code: the mean of the
+      largest M/2 of the reference values with the IN ones zeroed; see the module
+      docstring).
 
   Returns:
     RmiaState(pr_x float[N], pr_z float[Z]).
@@ -189,6 +208,17 @@ def rmia_fit(p_ref_x: Any, p_ref_z: Any, *, keep: Any = None,
   offline = offline_a is not None
   a = check_in_range(offline_a, "offline_a", 0.0, 1.0) if offline else 0.0
   out_mask = np.ones((m, n), bool) if keep_np is None else ~keep_np
+  if pr_rule not in PR_RULES:
+    raise MiaInputError(f"pr_rule: expected one of {PR_RULES}, got {pr_rule!r}")
+  if pr_rule == "privacy_meter":
+    if not offline:
+      raise MiaInputError("pr_rule: 'privacy_meter' is ML Privacy Meter's offline rule; "
+                          "give offline_a")
+    half = max(1, m // 2)
+    top = lambda v: np.mean(-np.sort(-v, axis=0)[:half], axis=0)  # noqa: E731
+    dtype = _float_dtype()
+    mix = lambda pr: jnp.asarray(0.5 * ((1.0 + a) * pr + (1.0 - a)), dtype)  # noqa: E731
+    return RmiaState(mix(top(np.where(out_mask, px, 0.0))), mix(top(pz)))
   if offline:
     bad = np.flatnonzero(out_mask.sum(0) == 0)
     if bad.size:
