@@ -70,7 +70,7 @@ def run_case(d, n, separation, aux, weight_decay, seed):
   out = {}
   for name, s in (("stolen-memories", s_attack), ("oracle", s_oracle), ("loss", -sig["loss"])):
     out[name] = (roc_auc(s, member), tpr_at_fpr(s, member, 0.01))
-  acc = (sig["correct"][member].mean(), sig["correct"][~member].mean())
+  acc = (sig["correctness"][member].mean(), sig["correctness"][~member].mean())
   return out, acc
 
 

@@ -204,8 +204,8 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   msg = warn_if_not_logits(sig["logits"][0], log)
   if msg:
     warnings.append(msg)
-  per_ckpt = [{"name": nm, "train_accuracy": float(sig["correct"][i][is_member].mean()),
-               "test_accuracy": float(sig["correct"][i][~is_member].mean()), "attacks": {}}
+  per_ckpt = [{"name": nm, "train_accuracy": float(sig["correctness"][i][is_member].mean()),
+               "test_accuracy": float(sig["correctness"][i][~is_member].mean()), "attacks": {}}
               for i, nm in enumerate(names)]
   signals = _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size)
   side_of = _side_of(model, variables, x, y, ev, aux, members.size, tcfg, seed, progress, log,
@@ -244,7 +244,7 @@ def _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size):
   xe, ye = x[ev], y[ev]
   return Lazy({
       **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
-                                           "correct", "scaled_logit")},
+                                           "correctness", "scaled_logit")},
       "confidence_z": lambda: blackbox_signals(model, variables, x[aux], y[aux], stacked=True,
                                                microbatch_size=microbatch_size)["confidence"],
       "probs": lambda: predict_probs(model, variables, xe, stacked=True,

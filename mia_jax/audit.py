@@ -881,7 +881,7 @@ def _target_signals(config: AuditConfig, setup: Setup, target, eval_idx, defense
       "probs": lambda: _predict_probs(model, target, xe, defenses, mb),
       "model": lambda: (model, target, xe, ye),
       **{k: (lambda k=k: signals["bb"][k])
-         for k in ("loss", "confidence", "entropy", "modified_entropy", "correct")},
+         for k in ("loss", "confidence", "entropy", "modified_entropy", "correctness")},
   }
   signals = Lazy(providers, "target signals")
   return signals
@@ -1014,8 +1014,8 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
                         progress, log)
   # The target's accuracy is the model's own (argmax of its logits): defenses that round
   # or truncate probabilities may create ties the API's argmax breaks differently.
-  raw_correct = signals["correct"] if not defenses else blackbox_signals(
-      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size)["correct"]
+  raw_correct = signals["correctness"] if not defenses else blackbox_signals(
+      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size)["correctness"]
   train_acc = float(raw_correct[is_member].mean())
   test_acc = float(raw_correct[~is_member].mean())
 

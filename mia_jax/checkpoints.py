@@ -107,8 +107,8 @@ def attack_checkpoints(model: LayeredModel, stacked: Variables, x, y, is_member,
   is_member = check_membership(is_member, n=np.shape(x)[0])
   sig = blackbox_signals(model, stacked, x, y, microbatch_size=microbatch_size, stacked=True,
                          defenses=defenses)
-  correct = sig["correct"] if not defenses else blackbox_signals(
-      model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)["correct"]
+  correct = sig["correctness"] if not defenses else blackbox_signals(
+      model, stacked, x, y, microbatch_size=microbatch_size, stacked=True)["correctness"]
   chosen = registry.select(list(attacks)) if attacks else ()
   bad = [a.name for a in chosen if a.family != "threshold"]
   if bad:
@@ -351,7 +351,7 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   from mia_jax.whitebox import gradient_norms
   signals = Lazy({
       **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
-                                           "correct", "scaled_logit")},
+                                           "correctness", "scaled_logit")},
       "confidence_z": lambda: blackbox_signals(
           setup.model, stacked, setup.x[aux], setup.y[aux], stacked=True,
           microbatch_size=microbatch_size, defenses=config.defenses)["confidence"],

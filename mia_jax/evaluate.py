@@ -455,11 +455,11 @@ def evaluate(*, is_member: Any, logits: Any = None, losses: Any = None, labels: 
     sig = {"loss": inp.losses}
   else:
     need = {"loss": "loss", "confidence": "confidence", "entropy": "entropy",
-            "modified_entropy": "modified_entropy", "correctness": "correct"}
-    names = sorted({need[a] for a in thresholds} | {"correct"}
+            "modified_entropy": "modified_entropy", "correctness": "correctness"}
+    names = sorted({need[a] for a in thresholds} | {"correctness"}
                    | ({"scaled_logit", "confidence"} if refs else set()))
     sig = _signals(inp.kind, inp.values, inp.labels, names, microbatch_size)
-    accuracy = sig["correct"]
+    accuracy = sig["correctness"]
   timings["signals"] = round(time.perf_counter() - t0, 3)
 
   def reference():

@@ -25,7 +25,7 @@ from mia_jax.sharding import (check_mesh, gather, replicated_sharding, shard_sta
                               stacked_sharding)
 from mia_jax.models.adapters import check_model
 
-SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correct")
+SIGNAL_NAMES = ("loss", "confidence", "scaled_logit", "entropy", "modified_entropy", "correctness")
 
 
 def _check_y(values, y):
@@ -93,7 +93,7 @@ def modified_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   return -(1.0 - p_y) * logp_y - wrong
 
 
-def correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+def correctness(logits: jax.Array, y: jax.Array) -> jax.Array:
   """1.0 where argmax equals the label."""
   y = _check_y(logits, y)
   return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
@@ -105,7 +105,7 @@ def signals_from_logits(logits: jax.Array, y: jax.Array) -> dict[str, jax.Array]
   return {
       "loss": loss(logits, y), "confidence": confidence(logits, y),
       "scaled_logit": scaled_logit(logits, y), "entropy": entropy(logits),
-      "modified_entropy": modified_entropy(logits, y), "correct": correct(logits, y),
+      "modified_entropy": modified_entropy(logits, y), "correctness": correctness(logits, y),
   }
 
 
@@ -123,7 +123,7 @@ def signals_from_probs(probs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
 
   * loss ``-log p_y``; confidence ``p_y``; scaled logit ``log p_y - log(sum_{k!=y} p_k)``;
   * entropy ``-sum_k p_k log p_k``; modified entropy as :func:`modified_entropy` with
-    ``log(1 - p_k)`` taken directly; correct: argmax (lower index on ties) equals y.
+    ``log(1 - p_k)`` taken directly; correctness: argmax (lower index on ties) equals y.
   """
   y = _check_y(probs, y)
   p = probs
@@ -136,7 +136,7 @@ def signals_from_probs(probs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
   return {
       "loss": -log(p_y), "confidence": p_y, "scaled_logit": log(p_y) - log(others),
       "entropy": ent, "modified_entropy": -(1.0 - p_y) * log(p_y) - wrong,
-      "correct": (jnp.argmax(p, -1) == y).astype(jnp.float32),
+      "correctness": (jnp.argmax(p, -1) == y).astype(jnp.float32),
   }
 
 

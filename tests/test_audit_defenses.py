@@ -56,7 +56,7 @@ def test_signals_from_probs_naive_loop_with_zeros():
     ment = -(1 - py) * math.log(max(py, floor)) - sum(
         p[i, k] * math.log(max(1 - p[i, k], floor)) for k in range(3) if k != y[i] and p[i, k] > 0)
     assert s["modified_entropy"][i] == pytest.approx(ment, rel=1e-4, abs=1e-6)
-  np.testing.assert_array_equal(s["correct"], [1.0, 0.0, 0.0])  # a tie goes to the lower index
+  np.testing.assert_array_equal(s["correctness"], [1.0, 0.0, 0.0])  # a tie goes to the lower index
 
 
 # -- configuration and command line ---------------------------------------------------------

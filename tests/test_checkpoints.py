@@ -56,7 +56,7 @@ def test_attack_checkpoints_equals_per_checkpoint_loop(tmp_path):
       # One vmapped pass vs each checkpoint alone: float32 signals equal to rounding, so
       # the AUCs equal up to the pairs that rounding could reorder.
       assert_auc_close(got[c]["attacks"][name]["auc"], s, member, rtol=1e-5, atol=1e-6)
-    assert got[c]["train_accuracy"] == pytest.approx(sig["correct"][member].mean())
+    assert got[c]["train_accuracy"] == pytest.approx(sig["correctness"][member].mean())
 
 
 def test_errors(tmp_path):

@@ -62,7 +62,7 @@ def test_evaluate_agrees_with_the_audit(audit_run):
   ev, aux = np.concatenate([split.target_in, split.target_out]), split.auxiliary
   is_member = np.r_[np.ones(split.target_in.size, bool), np.zeros(split.target_out.size, bool)]
   keep = reference_keep(config, ev.size)
-  np.testing.assert_array_equal(np.asarray(meta["keep"], bool), keep)
+  np.testing.assert_array_equal(np.load(out / "reference_keep.npz")["keep"], keep)
 
   res = mia_jax.evaluate(
       logits=predict_logits(model, target, x[ev]), labels=y[ev], is_member=is_member,

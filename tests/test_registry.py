@@ -129,7 +129,7 @@ def test_traceable_scores_are_pure():
   side, tgt, _ = _reference_problem(c=2)
   n = 40
   sig = {**tgt, **{k: jnp.zeros((2, n)) for k in ("loss", "entropy", "modified_entropy",
-                                                   "correct")},
+                                                   "correctness")},
          "gradient_norms": {"total": jnp.ones((2, n)), "dense": jnp.ones((2, n))}}
   for a in registry.all_attacks():
     if not a.traceable or a.attacker not in ((), ("reference",)):

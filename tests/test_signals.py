@@ -9,7 +9,7 @@ import pytest
 
 from mia_jax._validation import MiaInputError
 from mia_jax.models import make_model, stack_variables
-from mia_jax.signals import (SIGNAL_NAMES, blackbox_signals, confidence, correct, entropy, loss,
+from mia_jax.signals import (SIGNAL_NAMES, blackbox_signals, confidence, correctness, entropy, loss,
                              modified_entropy, predict_logits, scaled_logit, signals_from_logits)
 
 # -- NumPy float64 references ---------------------------------------------------------------
@@ -39,7 +39,7 @@ def ref_signals(logits, y):
       if j != t:
         mentr -= p[j] * np.log(1.0 - p[j])
     out["modified_entropy"][idx] = mentr
-    out["correct"][idx] = float(np.argmax(z) == t)
+    out["correctness"][idx] = float(np.argmax(z) == t)
   return out
 
 
@@ -53,7 +53,7 @@ def moderate_logits(seed=0, shape=(37, 5), scale=3.0):
 FUNCS = {
     "loss": loss, "confidence": confidence, "scaled_logit": scaled_logit,
     "entropy": lambda z, y: entropy(z), "modified_entropy": modified_entropy,
-    "correct": correct,
+    "correctness": correctness,
 }
 
 RTOL = dict(rtol=2e-5, atol=2e-6)
@@ -124,7 +124,7 @@ def test_scaled_logit_extreme_logits():
     assert np.all(np.isfinite(v)), name
   ref_loss = [np.logaddexp.reduce(z[i].astype(np.float64)) - z[i, y[i]] for i in range(3)]
   np.testing.assert_allclose(out["loss"], ref_loss, rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(out["correct"], [1.0, 0.0, 1.0])
+  np.testing.assert_array_equal(out["correctness"], [1.0, 0.0, 1.0])
 
 
 def test_modified_entropy_confidently_wrong():

@@ -25,7 +25,7 @@ def test_orientation_on_synthetic_signals():
       "confidence": np.array([0.9, 0.8, 0.2, 0.1]),
       "entropy": np.array([0.05, 0.1, 0.9, 1.0]),
       "modified_entropy": np.array([0.2, 0.3, 2.0, 3.0]),
-      "correct": np.array([1.0, 1.0, 0.0, 0.0]),
+      "correctness": np.array([1.0, 1.0, 0.0, 0.0]),
   }
   scores = threshold_scores(sig)
   assert set(scores) == set(THRESHOLD_ATTACKS)
@@ -37,7 +37,7 @@ def test_orientation_on_synthetic_signals():
   np.testing.assert_array_equal(confidence_score(sig), sig["confidence"])
   np.testing.assert_array_equal(entropy_score(sig), -sig["entropy"])
   np.testing.assert_array_equal(modified_entropy_score(sig), -sig["modified_entropy"])
-  np.testing.assert_array_equal(correctness_score(sig), sig["correct"])
+  np.testing.assert_array_equal(correctness_score(sig), sig["correctness"])
 
 
 def test_scores_keep_leading_axes():
@@ -66,7 +66,7 @@ def trained():
   idx = np.concatenate([members, nonmembers])
   is_member = np.r_[np.ones(60, bool), np.zeros(60, bool)]
   sig = blackbox_signals(model, res.variables, x[idx], y[idx], microbatch_size=64)
-  # Accuracies from the logits, independently of the "correct" signal.
+  # Accuracies from the logits, independently of the "correctness" signal.
   pred = np.argmax(sig["logits"], -1)
   train_acc = float(np.mean(pred[:60] == y[members]))
   test_acc = float(np.mean(pred[60:] == y[nonmembers]))
@@ -102,7 +102,7 @@ def test_correctness_identity_known_answer():
   """Hand-made case: 8 members with 7 correct, 8 non-members with 3 correct."""
   correct_in = np.array([1, 1, 1, 1, 1, 1, 1, 0], float)
   correct_out = np.array([1, 1, 1, 0, 0, 0, 0, 0], float)
-  sig = {"correct": np.r_[correct_in, correct_out]}
+  sig = {"correctness": np.r_[correct_in, correct_out]}
   is_member = np.r_[np.ones(8, bool), np.zeros(8, bool)]
   acc = metrics.balanced_accuracy(correctness_score(sig), is_member, threshold=0.5)
   assert acc == pytest.approx((1 + 7 / 8 - 3 / 8) / 2)
@@ -141,5 +141,5 @@ def test_unknown_attack_name():
 def test_missing_signal():
   with pytest.raises(MiaInputError, match="signals: missing 'confidence'"):
     threshold_scores({"loss": np.zeros(3)}, ["confidence"])
-  with pytest.raises(MiaInputError, match="signals: missing 'correct'"):
+  with pytest.raises(MiaInputError, match="signals: missing 'correctness'"):
     correctness_score({"loss": np.zeros(3)})

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 FAMILIES = ("threshold", "reference", "shadow", "whitebox")
 """Attack families, in the order runs and reports list them."""
 
-SIGNALS = ("loss", "confidence", "entropy", "modified_entropy", "correct", "scaled_logit",
+SIGNALS = ("loss", "confidence", "entropy", "modified_entropy", "correctness", "scaled_logit",
            "confidence_z", "probs", "labels", "gradient_norms", "model")
 """Target signals an attack may declare in ``needs``."""
 

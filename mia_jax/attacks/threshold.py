@@ -46,7 +46,7 @@ def modified_entropy_score(signals: Signals) -> np.ndarray:
 
 
 def correctness_score(signals: Signals) -> np.ndarray:
-  return _need(signals, "correct")
+  return _need(signals, "correctness")
 
 
 THRESHOLD_ATTACKS: dict[str, Callable[[Signals], np.ndarray]] = {
@@ -117,6 +117,6 @@ ATTACKS = (
     _threshold("modified_entropy", "modified_entropy", -1.0,
                "-Mentr(p, y), entropy that accounts for the label",
                "Song & Mittal, USENIX Security 2021"),
-    _threshold("correctness", "correct", 1.0, "1[argmax p = y]: correctly classified => member",
+    _threshold("correctness", "correctness", 1.0, "1[argmax p = y]: correctly classified => member",
                "Yeom et al., CSF 2018"),
 )
