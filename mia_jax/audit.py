@@ -350,6 +350,9 @@ def prepare(config: AuditConfig) -> Setup:
   from mia_jax.models import make_model
   ds = load_dataset(config.dataset, **config.dataset_options)
   x, y = ds.all_x(), ds.all_y()
+  n_train = ds.x_train.shape[0]  # keep one copy of the data: the splits become views of x
+  ds = dataclasses.replace(ds, x_train=x[:n_train], x_test=x[n_train:], y_train=y[:n_train],
+                           y_test=y[n_train:])
   n_total = x.shape[0]
   n_target = config.target_size or n_total // 8
   if 2 * n_target >= n_total:
@@ -927,9 +930,14 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
         rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
         progress, "reference models", log, os.path.join(work, "reference"), dp, blocks))
     pool = np.concatenate([eval_idx, split.auxiliary])
+    # The pool is every example (the split partitions the data): read x in place and
+    # reorder the [M, N] outputs, rather than copying x[pool].
+    whole = pool.size == x.shape[0]
     sig = stages.run("reference_signals", lambda: blackbox_signals(
-        model, refs, x[pool], y[pool], microbatch_size=mb, stacked=True, defenses=defenses,
-        names=("scaled_logit", "confidence")))
+        model, refs, x if whole else x[pool], y if whole else y[pool], microbatch_size=mb,
+        stacked=True, defenses=defenses, names=("scaled_logit", "confidence")))
+    if whole:
+      sig = {k: v[:, pool] for k, v in sig.items()}
     ne = eval_idx.size
     sl = sig["scaled_logit"][:, :ne]
     if views is not None:
