@@ -3,10 +3,11 @@
 DP-SGD (Abadi et al., CCS 2016), one step:
 
 1. sample a batch (see *Sampling*);
-2. per-example gradients ``g_i`` (``vmap(grad)``), each clipped to L2 norm at most
-   ``clip_norm`` over the **whole** parameter pytree:
-   ``g_i * min(1, clip_norm / ||g_i||)``;
-3. sum, add Gaussian noise ``N(0, (noise_multiplier * clip_norm)^2 I)``;
+2. per-example gradients ``g_i``, each clipped to L2 norm at most ``clip_norm`` over the
+   **whole** parameter pytree (``g_i * min(1, clip_norm / ||g_i||)``), summed: Google's
+   jax-privacy (``jax_privacy.clipped_grad``; an optional dependency, ``mia-jax[dp]``);
+3. add Gaussian noise ``N(0, (noise_multiplier * clip_norm)^2 I)``
+   (``jax_privacy.noise_addition.gaussian_privatizer``, keyed per step);
 4. divide by the **expected** batch size ``B = config.batch_size`` (a constant, so the
    noise scale does not depend on the data); add the (data-independent) weight-decay
    gradient ``config.weight_decay * params``; apply the optax update of ``config``.
@@ -16,11 +17,13 @@ Every step adds noise, also when a sampled batch is empty. BatchNorm is rejected
 uses an independent key per example.
 
 *Sampling.* ``sampling="poisson"`` (default) includes each training example in each step
-independently with probability ``q = B / n``, with ``ceil(n / B)`` steps per epoch:
-exactly the subsampled Gaussian mechanism that the RDP accountant analyses
-(:func:`training_epsilon`). Batches have random sizes; they are padded with
-zero-weight slots to one fixed capacity (the largest batch of the whole run, drawn up
-front on the host), so the step compiles once. ``sampling="shuffle"`` uses fixed-size
+independently with probability ``q = B / n``, with ``ceil(n / B)`` steps per epoch
+(jax-privacy's ``CyclicPoissonSampling`` with cycle length 1): exactly the subsampled
+Gaussian mechanism that the RDP accountant analyses (:func:`training_epsilon`). Batches
+have random sizes; they are padded with slots jax-privacy marks as padding (they add
+exactly zero) to one fixed capacity (the largest batch of the whole run, drawn up front
+on the host), so the step compiles once. :func:`train_models_dp` trains M models at once,
+each exactly as it trains alone. ``sampling="shuffle"`` uses fixed-size
 batches of a shuffled epoch (as :mod:`mia_jax.train`); accounting it as Poisson with
 the same ``q`` and steps is common practice but only an approximation, not a proven
 guarantee (Chua et al., 2024, "How Private are DP-SGD Implementations?").
@@ -67,8 +70,19 @@ __all__ = [
 
 # -- clipping ------------------------------------------------------------------------------
 
+def _jax_privacy():
+  try:
+    import jax_privacy  # noqa: PLC0415 - optional dependency, imported lazily.
+  except ImportError as e:
+    raise MissingDependencyError(
+        "dp_epsilon/noise_multiplier: DP-SGD needs the optional package jax-privacy "
+        "(pip install 'mia-jax[dp]')") from e
+  return jax_privacy
+
+
 def clip_and_sum(per_example_grads: Any, clip_norm: float, weights: jax.Array | None = None):
-  """Clips each example's gradient to ``clip_norm`` (global L2 norm) and sums them.
+  """Clips each example's gradient to ``clip_norm`` (global L2 norm, jax-privacy's
+  ``clip_pytree``) and sums them.
 
   Args:
     per_example_grads: pytree whose leaves have a leading batch axis B.
@@ -78,53 +92,53 @@ def clip_and_sum(per_example_grads: Any, clip_norm: float, weights: jax.Array | 
   Returns:
     (summed pytree without the batch axis, norms float[B] before clipping).
   """
-  leaves = jax.tree.leaves(per_example_grads)
-  sq = sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), axis=1) for g in leaves)
-  norms = jnp.sqrt(sq)
-  factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-30))
-  if weights is not None:
-    factor = factor * weights
-  summed = jax.tree.map(lambda g: jnp.tensordot(factor, g, axes=1), per_example_grads)
-  return summed, norms
+  clip_pytree = _jax_privacy().clipping.clip_pytree
+  clipped, norms = jax.vmap(lambda g: clip_pytree(g, clip_norm))(per_example_grads)
+  if weights is None:
+    return jax.tree.map(lambda g: jnp.sum(g, 0), clipped), norms
+  return jax.tree.map(lambda g: jnp.tensordot(weights, g, axes=1), clipped), norms
 
 
 def clipped_grad_sum(loss_fn: Callable, params: Any, batch: tuple, weights: jax.Array,
                      clip_norm: float, microbatch_size: int | None = None):
-  """Sum of clipped per-example gradients of ``loss_fn(params, *example)``.
+  """Sum of clipped per-example gradients of ``loss_fn(params, *example)``, computed by
+  jax-privacy's ``clipped_grad`` (per-example gradients, clipping to global L2 norm
+  ``clip_norm``, sum; padding slots contribute exactly zero).
 
-  ``loss_fn`` is written for ONE example (unbatched arrays) and returns a scalar; its
-  per-example gradients come from ``vmap(value_and_grad)``. With ``microbatch_size``
-  the batch is processed in chunks (``lax.map``) so at most ``microbatch_size``
-  per-example gradients are held at once. Not jitted (jit at the call site).
+  ``loss_fn`` is written for ONE example (unbatched arrays) and returns a scalar. With
+  ``microbatch_size`` the batch is processed in chunks of that many examples, so at most
+  that many per-example gradients are held at once. Not jitted (jit at the call site).
 
   Args:
     loss_fn: ``(params, *example) -> float[]``.
     params: the parameter pytree.
     batch: tuple of arrays with a leading batch axis B (the examples).
-    weights: float[B], 0 for padding slots.
+    weights: float[B], 1 for an example, 0 for a padding slot.
     clip_norm: C > 0.
     microbatch_size: optional chunk size (must divide B).
 
   Returns:
-    (summed clipped gradients, sum of weighted losses).
+    (summed clipped gradients, sum of the examples' losses).
   """
-  vg = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None,) + (0,) * len(batch))
-
-  def chunk(args):
-    *ex, w = args
-    losses, grads = vg(params, *ex)
-    summed, _ = clip_and_sum(grads, clip_norm, w)
-    return summed, jnp.sum(losses * w)
-
   b = weights.shape[0]
-  if microbatch_size is None or microbatch_size >= b:
-    return chunk((*batch, weights))
-  if b % microbatch_size:
+  if microbatch_size is not None and microbatch_size < b and b % microbatch_size:
     raise MiaInputError(f"microbatch_size: expected a divisor of the batch size {b}, got "
                         f"{microbatch_size}")
-  split = lambda a: a.reshape((b // microbatch_size, microbatch_size) + a.shape[1:])  # noqa: E731
-  sums, losses = jax.lax.map(chunk, tuple(split(a) for a in (*batch, weights)))
-  return jax.tree.map(lambda s: jnp.sum(s, 0), sums), jnp.sum(losses)
+  fn = _jax_privacy().clipped_grad(
+      loss_fn, l2_clip_norm=clip_norm, batch_argnums=tuple(range(1, 1 + len(batch))),
+      keep_batch_dim=False, return_values=True,
+      microbatch_size=None if microbatch_size is None or microbatch_size >= b
+      else microbatch_size)
+  summed, aux = fn(params, *batch, is_padding_example=weights == 0)
+  return summed, jnp.sum(jnp.where(weights > 0, aux.values * weights, 0.0))
+
+
+def add_noise(summed: Any, key: jax.Array, stddev) -> Any:
+  """``summed`` plus i.i.d. Gaussian noise of std ``stddev`` on every coordinate, from
+  jax-privacy's ``gaussian_privatizer`` keyed by ``key``."""
+  priv = _jax_privacy().noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key)
+  noised, _ = priv.update(summed, priv.init(summed))
+  return noised
 
 
 # -- training ------------------------------------------------------------------------------
@@ -139,31 +153,16 @@ def sampling_rate(num_examples: int, batch_size: int) -> float:
   return min(1.0, int(batch_size) / int(num_examples))
 
 
-def _poisson_epoch(rng: np.random.Generator, members: np.ndarray, counts: np.ndarray,
-                   cap: int) -> tuple[np.ndarray, np.ndarray]:
-  """One epoch of Poisson batches given their sizes: (idx int32[T, cap], weight float32[T, cap]).
-
-  A Poisson-sampled batch is a uniformly random subset of its (Binomial) size, so each
-  batch is drawn as ``counts[t]`` members without replacement.
-  """
-  idx = np.zeros((counts.size, cap), np.int32)
-  w = np.zeros((counts.size, cap), np.float32)
-  for t, c in enumerate(counts):  # Loop over steps (not examples); each draw is vectorized.
-    idx[t, :c] = rng.choice(members, size=c, replace=False)
-    w[t, :c] = 1.0
-  return idx, w
-
-
-def _gaussian_like(key: jax.Array, tree: Any) -> Any:
-  """i.i.d. N(0, 1) noise shaped like ``tree``, from ONE draw split across the leaves
-  (one PRNG call compiles much faster than one per leaf)."""
-  leaves, treedef = jax.tree.flatten(tree)
-  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
-  z = jax.random.normal(key, (sum(sizes),), jnp.float32)
-  offsets = np.cumsum([0] + sizes)
-  noise = [z[a:b].reshape(leaf.shape).astype(leaf.dtype)
-           for a, b, leaf in zip(offsets[:-1], offsets[1:], leaves)]
-  return jax.tree.unflatten(treedef, noise)
+def poisson_batches(members: np.ndarray, rate: float, steps: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+  """``steps`` Poisson-sampled batches of ``members`` (each member in each batch
+  independently with probability ``rate``), from jax-privacy's ``CyclicPoissonSampling``
+  (cycle length 1, independent partition: the add-or-remove neighbours the accountant
+  assumes)."""
+  bs = _jax_privacy().batch_selection
+  sampler = bs.CyclicPoissonSampling(sampling_prob=float(rate), iterations=int(steps),
+                                     partition_type=bs.PartitionType.INDEPENDENT)
+  return [members[np.asarray(b, np.int64)] for b in sampler.batch_iterator(members.size, rng)]
 
 
 @functools.lru_cache(maxsize=16)
@@ -192,8 +191,7 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
       summed, loss_sum = clipped_grad_sum(example_loss, params,
                                           (x_all[idx_b], y_all[idx_b], ex_keys), w_b,
                                           clip_norm, microbatch_size)
-      grads = jax.tree.map(lambda g, z: (g + noise_std * z) / bsz, summed,
-                           _gaussian_like(k_noise, summed))
+      grads = jax.tree.map(lambda g: g / bsz, add_noise(summed, k_noise, noise_std))
       if config.weight_decay > 0:
         grads = jax.tree.map(lambda g, p: g + config.weight_decay * p, grads, params)
       updates, new_opt = tx.update(grads, opt_state, params)
@@ -231,15 +229,20 @@ class _Schedule:
     self.rng = np.random.default_rng(_np_seed(seed))
     self.indices, self.bsz, self.sampling = indices, bsz, sampling
     if sampling == "poisson":
-      # All batch sizes first (Binomial(n, q)), so the padded capacity is fixed for the run.
-      self.counts = self.rng.binomial(n, sampling_rate(n, bsz), size=(config.epochs, self.steps))
-      self.cap = max(8, int(-(-self.counts.max() // 8) * 8))
+      # Every batch of the run first, so the padded capacity is fixed for the run.
+      self.batches = poisson_batches(indices, sampling_rate(n, bsz), config.epochs * self.steps,
+                                     self.rng)
+      self.cap = max(8, -(-max(b.size for b in self.batches) // 8) * 8)
     else:
       self.cap = bsz
 
   def epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
     if self.sampling == "poisson":
-      return _poisson_epoch(self.rng, self.indices, self.counts[e], self.cap)
+      idx = np.zeros((self.steps, self.cap), np.int32)
+      w = np.zeros((self.steps, self.cap), np.float32)
+      for t, b in enumerate(self.batches[e * self.steps:(e + 1) * self.steps]):
+        idx[t, :b.size], w[t, :b.size] = b, 1.0
+      return idx, w
     s = _epoch_schedule(self.rng, self.indices, self.bsz, self.steps)
     return s.idx, s.weight
 

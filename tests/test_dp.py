@@ -111,14 +111,20 @@ def test_poisson_training_is_seeded_and_noisy():
 
 
 def test_poisson_batches_are_distinct_members():
+  """jax-privacy's Poisson sampling of the members: each batch distinct members, each
+  member in each batch with probability q (mean batch size q * n)."""
   rng = np.random.default_rng(0)
   members = np.arange(100, 200)
-  counts = rng.binomial(100, 0.1, size=50)
-  idx, w = dp._poisson_epoch(rng, members, counts, 32)
-  np.testing.assert_array_equal(w.sum(1), counts)
-  for t in range(50):
-    real = idx[t, :counts[t]]
-    assert np.unique(real).size == counts[t] and np.all((real >= 100) & (real < 200))
+  batches = dp.poisson_batches(members, 0.1, 400, rng)
+  assert len(batches) == 400
+  for b in batches:
+    assert np.unique(b).size == b.size and np.all((b >= 100) & (b < 200))
+  sizes = np.array([b.size for b in batches])
+  # Binomial(100, 0.1): mean 10, std 3; the mean of 400 draws is within 4.5 standard
+  # errors (0.15 each) of 10.
+  assert abs(sizes.mean() - 10.0) < 0.7 and sizes.std() > 1.5
+  counts = np.bincount(np.concatenate(batches) - 100, minlength=100)
+  assert counts.min() > 10 and counts.max() < 80  # every member sampled, about 40 times
 
 
 def test_training_errors():
