@@ -70,7 +70,7 @@ __all__ = [
 
 # -- clipping ------------------------------------------------------------------------------
 
-def _jax_privacy():
+def require_jax_privacy():
   try:
     import jax_privacy  # noqa: PLC0415 - optional dependency, imported lazily.
   except ImportError as e:
@@ -92,7 +92,7 @@ def clip_and_sum(per_example_grads: Any, clip_norm: float, weights: jax.Array | 
   Returns:
     (summed pytree without the batch axis, norms float[B] before clipping).
   """
-  clip_pytree = _jax_privacy().clipping.clip_pytree
+  clip_pytree = require_jax_privacy().clipping.clip_pytree
   clipped, norms = jax.vmap(lambda g: clip_pytree(g, clip_norm))(per_example_grads)
   if weights is None:
     return jax.tree.map(lambda g: jnp.sum(g, 0), clipped), norms
@@ -124,7 +124,7 @@ def clipped_grad_sum(loss_fn: Callable, params: Any, batch: tuple, weights: jax.
   if microbatch_size is not None and microbatch_size < b and b % microbatch_size:
     raise MiaInputError(f"microbatch_size: expected a divisor of the batch size {b}, got "
                         f"{microbatch_size}")
-  fn = _jax_privacy().clipped_grad(
+  fn = require_jax_privacy().clipped_grad(
       loss_fn, l2_clip_norm=clip_norm, batch_argnums=tuple(range(1, 1 + len(batch))),
       keep_batch_dim=False, return_values=True,
       microbatch_size=None if microbatch_size is None or microbatch_size >= b
@@ -136,7 +136,7 @@ def clipped_grad_sum(loss_fn: Callable, params: Any, batch: tuple, weights: jax.
 def add_noise(summed: Any, key: jax.Array, stddev) -> Any:
   """``summed`` plus i.i.d. Gaussian noise of std ``stddev`` on every coordinate, from
   jax-privacy's ``gaussian_privatizer`` keyed by ``key``."""
-  priv = _jax_privacy().noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key)
+  priv = require_jax_privacy().noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key)
   noised, _ = priv.update(summed, priv.init(summed))
   return noised
 
@@ -159,7 +159,7 @@ def poisson_batches(members: np.ndarray, rate: float, steps: int,
   independently with probability ``rate``), from jax-privacy's ``CyclicPoissonSampling``
   (cycle length 1, independent partition: the add-or-remove neighbours the accountant
   assumes)."""
-  bs = _jax_privacy().batch_selection
+  bs = require_jax_privacy().batch_selection
   sampler = bs.CyclicPoissonSampling(sampling_prob=float(rate), iterations=int(steps),
                                      partition_type=bs.PartitionType.INDEPENDENT)
   return [members[np.asarray(b, np.int64)] for b in sampler.batch_iterator(members.size, rng)]

@@ -286,3 +286,23 @@ def test_stacked_dp_training_equals_one_model_at_a_time(sampling, microbatch):
     # 16 clipped gradients; rounding differences stay at the level of a few ulps per step.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stacked.losses[m], alone.losses, rtol=1e-5)
+
+
+def test_missing_jax_privacy_is_a_named_error(monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "jax_privacy", None)  # import raises ImportError
+  model = _model()
+  x, y = _data(20)
+  with pytest.raises(dp.MissingDependencyError, match="jax-privacy"):
+    dp.train_model_dp(model, x, y, config=TrainConfig(epochs=1, batch_size=8),
+                      noise_multiplier=1.0, clip_norm=1.0)
+
+
+def test_audit_without_jax_privacy_fails_before_writing(tmp_path, monkeypatch):
+  import sys
+  from mia_jax import cli
+  monkeypatch.setitem(sys.modules, "jax_privacy", None)
+  out = tmp_path / "run"
+  assert cli.main(["audit", "--epochs", "1", "--attacks", "loss", "--noise-multiplier", "1",
+                   "--out", str(out), "--quiet"]) == 2
+  assert not out.exists()
