@@ -316,7 +316,7 @@ def device_info() -> dict[str, Any]:
   return {"platform": devs[0].platform, "device_kind": devs[0].device_kind, "count": len(devs)}
 
 
-class _Stages:
+class Stages:
   """Wall-clock timing of named stages (also printed through ``log``)."""
 
   def __init__(self, log: Callable[[str], None]):
@@ -703,7 +703,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   growing = not overwrite and _grows_reference_pool(out_dir, config)
   if not overwrite and not growing:
     refuse_finished(out_dir)  # before loading any data
-  stages = _Stages(log)
+  stages = Stages(log)
   setup = stages.run("load_data", lambda: prepare(config))
   checked = _check_with_data(config, setup, log)
   with RunDir.open(out_dir, command="audit", overwrite=overwrite, log=log,
@@ -854,7 +854,7 @@ def _save(rd, name: str, variables, metadata: dict) -> None:
 
 
 def _target_signals(config: AuditConfig, setup: Setup, target, eval_idx, defenses, views,
-                    stages: _Stages):
+                    stages: Stages):
   """The target's signals on the evaluation examples, each computed on first use."""
   from mia_jax.attacks.base import Lazy
   from mia_jax.signals import blackbox_signals
@@ -909,7 +909,7 @@ def _views(model, variables, x, y, views, defenses, mb, stacked):
 
 
 def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, checked: _Checked,
-                   stages: _Stages, train_one, work: str, progress, log):
+                   stages: Stages, train_one, work: str, progress, log):
   """What the attacker has: reference models' and shadow models' signals (trained on first
   use, reused when a run resumes) and the white-box attacker's data and shadow trainer."""
   from mia_jax.attacks.base import AttackerSide
@@ -951,18 +951,7 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
                                                        if len(blocks) > 1 else {})}}
 
   def shadow():
-    aux = split.auxiliary
-    sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
-        config, model, target, defenses, x[aux], y[aux]))
-    skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size, config.seed + 23)
-    shadows = stages.run("shadow_models", lambda: _stacked_models(
-        rd, "shadow", model, sx, sy, skeep, tcfg, config.seed + 2,
-        progress, "shadow models", log, os.path.join(work, "shadow"), dp))
-    probs = _predict_probs(model, shadows, sx, defenses, mb, stacked=True)
-    fields = {"num_shadow": config.num_shadow, "shadow_source": config.shadow_source}
-    if synthesis is not None:
-      fields["synthesis"] = synthesis
-    return {"probs": probs, "labels": sy, "keep": skeep, "log": log, "fields": fields}
+    return shadow_side(config, rd, setup, target, defenses, stages, work, progress, log, dp)
 
   def whitebox():
     # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et
@@ -978,7 +967,27 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
   return AttackerSide({"reference": reference, "shadow": shadow, "whitebox": whitebox})
 
 
-def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages: _Stages, *,
+def shadow_side(config: AuditConfig, rd, setup: Setup, target, defenses, stages: Stages,
+                work: str, progress, log, dp=None) -> dict[str, Any]:
+  """Shokri et al.'s attacker side: shadow records from ``config.shadow_source`` (the
+  synthetic source queries ``target``), ``config.num_shadow`` shadow models trained at once
+  on halves of them (saved in the run ``rd``, reused when it resumes) and their (defended)
+  prediction vectors."""
+  x, y, aux, model = setup.x, setup.y, setup.split.auxiliary, setup.model
+  sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
+      config, model, target, defenses, x[aux], y[aux]))
+  skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size, config.seed + 23)
+  shadows = stages.run("shadow_models", lambda: _stacked_models(
+      rd, "shadow", model, sx, sy, skeep, config.train_config(), config.seed + 2,
+      progress, "shadow models", log, os.path.join(work, "shadow"), dp))
+  probs = _predict_probs(model, shadows, sx, defenses, config.microbatch_size, stacked=True)
+  fields = {"num_shadow": config.num_shadow, "shadow_source": config.shadow_source}
+  if synthesis is not None:
+    fields["synthesis"] = synthesis
+  return {"probs": probs, "labels": sy, "keep": skeep, "log": log, "fields": fields}
+
+
+def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages: Stages, *,
                progress, log: Callable[[str], None]) -> dict[str, Any]:
   """Target, then the attacker's side, then every chosen attack from the registry."""
   import shutil

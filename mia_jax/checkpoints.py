@@ -241,7 +241,7 @@ def _train_run(config, rd, setup, save_every, with_reference, progress, log, ref
   return list_checkpoints(ckpt_dir)
 
 
-def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log):
+def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log, shadow):
   """``c -> AttackerSide`` of checkpoint c of a run: the reference models saved after the
   same epoch (their signals for every checkpoint from one vmapped pass over the C x M
   models), and the white-box attacker's auxiliary data and recipe."""
@@ -280,7 +280,7 @@ def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, lo
               "fields": {"num_reference": config.num_reference}}
 
     return AttackerSide({
-        "reference": reference,
+        "reference": reference, "shadow": shadow,
         "whitebox": lambda: {
             "model": model, "target": jax.tree.map(lambda a: a[c], stacked),
             "aux_x": x[aux], "aux_y": y[aux], "target_train_size": setup.target_size,
@@ -297,11 +297,13 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   ``checkpoint_scores.npz`` (per-example scores ``[C, N]`` of every attack) and
   ``checkpoints.png`` into ``run_dir`` and returns the results.
 
-  Every registered attack that needs no shadow models runs: threshold attacks, LiRA and
-  RMIA (checkpoint c against the reference models saved after the same epoch: ``mia-jax
-  train --with-reference``), gradient norms, Stolen Memories and Nasr et al. (the
-  attacker's auxiliary data of the run's split). The scores of all checkpoints come from
-  one vmapped, compiled call per traceable attack (:func:`mia_jax.pipeline.run_stacked`).
+  Every registered attack can run: threshold attacks, LiRA and RMIA (checkpoint c against
+  the reference models saved after the same epoch: ``mia-jax train --with-reference``),
+  Shokri et al. (shadow models trained on the run's auxiliary data as the audit trains
+  them, saved in the run and reused; a synthetic shadow source queries the last
+  checkpoint), gradient norms, Stolen Memories and Nasr et al. (the attacker's auxiliary
+  data of the run's split). The scores of all checkpoints come from one vmapped, compiled
+  call per traceable attack (:func:`mia_jax.pipeline.run_stacked`).
   """
   import time
 
@@ -309,7 +311,9 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   from mia_jax._io import read_json, write_npz_atomic
   from mia_jax.attacks import registry
   from mia_jax.attacks.base import Lazy
-  from mia_jax.audit import SCHEMA_VERSION, device_info, prepare, versions, write_json_atomic
+  from mia_jax.attacks.shokri import predict_probs
+  from mia_jax.audit import (SCHEMA_VERSION, Stages, device_info, prepare, shadow_side, versions,
+                             write_json_atomic)
   from mia_jax.rundir import RunDir, check_out_path
   from mia_jax.signals import blackbox_signals
   run_dir = check_out_path(run_dir, "run")
@@ -321,10 +325,6 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
     raise MiaInputError(f"run: {cfg_path} is corrupt (not a mapping of options)")
   config = config_from_dict(saved)
   chosen = registry.select(list(attacks))
-  shadow = [a.name for a in chosen if "shadow" in a.attacker]
-  if shadow:
-    raise MiaInputError(f"attacks: {shadow} train shadow models, which 'mia-jax attack' does "
-                        "not do; run 'mia-jax audit' for them")
   setup = prepare(config)
   t0 = time.perf_counter()
   stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
@@ -357,28 +357,46 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
           microbatch_size=microbatch_size, defenses=config.defenses)["confidence"],
       "gradient_norms": lambda: gradient_norms(setup.model, stacked, xe, ye, stacked=True,
                                                microbatch_size=min(microbatch_size, 256)),
+      "probs": lambda: predict_probs(setup.model, stacked, xe, stacked=True,
+                                     defenses=config.defenses, microbatch_size=microbatch_size),
+      "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
   }, "checkpoint signals")
-  side_of = _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log)
-  scores: dict[str, np.ndarray] = {}
-  for attack in chosen:
-    s, subs, fields = pipeline.run_stacked(
-        attack, config, side_of, signals, c, per_checkpoint={"reference"}, log=log,
-        signals_of=lambda i: {"model": (setup.model, jax.tree.map(lambda a: a[i], stacked),
-                                        xe, ye)})
-    scores[attack.name] = s
-    scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
-    for i, m in enumerate(metrics):
-      m["attacks"][attack.name] = pipeline.entry(s[i], {k: v[i] for k, v in subs.items()},
-                                                 fields[i], is_member)
-  log(f"attacked {c} checkpoints in {time.perf_counter() - t1:.1f}s")
-  results = {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
-             "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],
-             "timings": {"load": t1 - t0, "attack": time.perf_counter() - t1},
-             "versions": versions(), "device": device_info()}
   with RunDir.open(run_dir, command="attack", log=log, refuse_finished=False) as rd:
+    from mia_jax.defenses import parse_defenses
+    last = jax.tree.map(lambda a: a[-1], stacked)
+    work = rd.file("shadow_train_state")  # resumable shadow training, removed when done
+    memo: dict[str, Any] = {}
+
+    def shadow():
+      if "shadow" not in memo:
+        memo["shadow"] = shadow_side(
+            config, rd, setup, last, parse_defenses(config.defenses, setup.model.num_classes),
+            Stages(log), work, None, log)
+      return memo["shadow"]
+
+    side_of = _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, log,
+                           shadow)
+    scores: dict[str, np.ndarray] = {}
+    for attack in chosen:
+      s, subs, fields = pipeline.run_stacked(
+          attack, config, side_of, signals, c, per_checkpoint={"reference"}, log=log,
+          signals_of=lambda i: {"model": (setup.model, jax.tree.map(lambda a: a[i], stacked),
+                                          xe, ye)})
+      scores[attack.name] = s
+      scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
+      for i, m in enumerate(metrics):
+        m["attacks"][attack.name] = pipeline.entry(s[i], {k: v[i] for k, v in subs.items()},
+                                                   fields[i], is_member)
+    log(f"attacked {c} checkpoints in {time.perf_counter() - t1:.1f}s")
+    results = {"schema_version": SCHEMA_VERSION, "config": config.to_dict(),
+               "checkpoints": [{"name": n, **m} for n, m in zip(names, metrics)],
+               "timings": {"load": t1 - t0, "attack": time.perf_counter() - t1},
+               "versions": versions(), "device": device_info()}
     write_npz_atomic(rd.file("checkpoint_scores.npz"), is_member=is_member, labels=ye,
                      names=np.array(names), **{f"checkpoint_score:{k}": v
                                                for k, v in scores.items()})
     write_json_atomic(rd.file("checkpoint_results.json"), results)
     plot_checkpoint_metrics(metrics, names, rd.file("checkpoints.png"))
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
   return results

@@ -521,14 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
                  help="directory of checkpoints (default with --run: RUN/checkpoints), one "
                       "stacked checkpoint, or (with --model) your orbax checkpoints")
   from mia_jax.attacks import registry
-  no_shadow = ", ".join(a.name for a in registry.all_attacks() if "shadow" not in a.attacker)
   p.add_argument("--attacks", default=None,
-                 help=f"comma-separated attacks from: {no_shadow} (every attack that trains "
-                      "no shadow models). With --run the default is loss, confidence, "
-                      "entropy, modified_entropy; the reference attacks need a run trained "
-                      "with --with-reference (checkpoint c against the reference models of "
-                      "the same epoch). With --model the default is every attack the inputs "
-                      "allow (the reference attacks with --reference-checkpoints)")
+                 help=f"comma-separated attacks from: {', '.join(registry.names())}. With "
+                      "--run the default is loss, confidence, entropy, modified_entropy; the "
+                      "reference attacks need a run trained with --with-reference "
+                      "(checkpoint c against the reference models of the same epoch); "
+                      "shokri trains shadow models on the run's auxiliary data. With --model "
+                      "the default is every attack the inputs allow (the reference attacks "
+                      "with --reference-checkpoints; shokri only in --run and 'audit')")
   p.add_argument("--microbatch-size", type=int, default=1024)
   p.add_argument("--quiet", action="store_true")
   g = p.add_argument_group("your own model (--model)")

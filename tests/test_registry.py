@@ -179,7 +179,8 @@ def test_a_new_attack_reaches_the_audit_attack_cli_help_and_report(tmp_path, cap
 
 def test_every_attack_per_checkpoint_of_a_train_run_equals_a_per_checkpoint_loop(tmp_path):
   """`mia-jax attack --run` on a `train --with-reference --save-every 1` run: every attack
-  that trains no shadow models, per checkpoint; each traceable attack's stacked scores
+  per checkpoint (Shokri's shadow models trained on the run's auxiliary data, as the
+  audit's); each traceable attack's stacked scores
   (one traced, vmapped call: the score function runs in Python once, not C times) equal
   a loop that scores each checkpoint alone against its own epoch's reference models."""
   from mia_jax.audit import prepare, reference_keep
@@ -198,12 +199,13 @@ def test_every_attack_per_checkpoint_of_a_train_run_equals_a_per_checkpoint_loop
   assert main(["train", "--out", str(run), "--save-every", "1", "--with-reference", "--quiet",
                "--epochs", "3", "-M", "widths=[16]", "--target-size", "60",
                "--num-reference", "4"]) == 0
-  every = [a.name for a in registry.all_attacks() if "shadow" not in a.attacker]
+  every = list(registry.names())
   with registry.registered(toy):
     assert main(["attack", "--run", str(run), "--quiet", "--attacks",
                  ",".join(every + ["toy-counted"])]) == 0
   assert len(calls) == 1  # traced once for the 3 checkpoints
   res = json.loads((run / "checkpoint_results.json").read_text())
+  assert res["checkpoints"][0]["attacks"]["shokri"]["num_shadow"] == 4
   assert [sorted(c["attacks"]) for c in res["checkpoints"]] == [sorted(every + ["toy-counted"])] * 3
   cfg = config_from_dict(json.loads((run / "config.json").read_text()))
   setup = prepare(cfg)
@@ -222,14 +224,25 @@ def test_every_attack_per_checkpoint_of_a_train_run_equals_a_per_checkpoint_loop
     tz = blackbox_signals(model, tgt, x[split.auxiliary], y[split.auxiliary])["confidence"]
     pool = np.concatenate([ev, split.auxiliary])
     r = blackbox_signals(model, refs, x[pool], y[pool], stacked=True)
-    side = AttackerSide({"reference": lambda r=r: {
+    ref_side = AttackerSide({"reference": lambda r=r: {
         "scaled_logit": r["scaled_logit"][:, :ev.size], "confidence": r["confidence"][:, :ev.size],
         "confidence_z": r["confidence"][:, ev.size:], "keep": keep, "discrete": False}})
     norms = gradient_norms(model, tgt, x[ev], y[ev])
+    probs = shokri.predict_probs(model, tgt, x[ev])
     signals = Lazy({**{k: (lambda k=k: t[k]) for k in t}, "confidence_z": lambda: tz,
-                    "gradient_norms": lambda: norms}, "signals")
+                    "gradient_norms": lambda: norms, "probs": lambda: probs,
+                    "labels": lambda: y[ev]}, "signals")
+    # Shokri's attacker side from what the run saved: its shadow models and their keep.
+    shadows, _ = load_variables(str(run / "shadow"), like=jax.eval_shape(
+        jax.vmap(model.init), jax.random.split(jax.random.key(0), cfg.num_shadow)))
+    skeep = np.load(run / "shadow_keep.npz")["keep"]
+    sx, sy = x[split.auxiliary], y[split.auxiliary]
+    side = AttackerSide({"reference": lambda: ref_side["reference"],
+                         "shadow": lambda: {"probs": shokri.predict_probs(model, shadows, sx,
+                                                                          stacked=True),
+                                            "labels": sy, "keep": skeep}})
     for a in registry.all_attacks():
-      if a.traceable and "shadow" not in a.attacker:
+      if a.traceable:
         want, subs, _ = pipeline.run_one(a, cfg, side, signals, member)
         # The stacked pass computed the same float32 signals in another program (LiRA:
         # test_lira's float32 tolerance); an RMIA score is a fraction of the population,
