@@ -440,7 +440,7 @@ def _whitebox_shadow_trainer(rd, name, model, tcfg, train_one, progress, log, ch
       memo[key] = variables
       return variables
     if train_one is not None:
-      variables = train_one(xs, ys, indices, seed)
+      variables = train_one(xs, ys, indices, seed, checkpoint_dir)
     else:
       variables = train_model(model, xs, ys, config=tcfg, seed=seed, indices=indices,
                               progress=progress, description="white-box shadow target",
@@ -528,7 +528,7 @@ def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, descripti
     from mia_jax.dp import train_models_dp
     log(f"{description}: training models {start + 1}..{m} with DP-SGD, stacked")
     new = train_models_dp(model, x, y, keep[start:], config=tcfg, seed=seed,
-                          first_model=start, **dp).variables
+                          first_model=start, checkpoint_dir=checkpoint_dir, **dp).variables
   variables = new if reused is None else jax.tree.map(
       lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), reused, new)
   write_npz_atomic(rd.file(f"{name}_keep.npz"), keep=keep)
@@ -709,7 +709,7 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
   with RunDir.open(out_dir, command="audit", overwrite=overwrite, log=log,
                    refuse_finished=not growing) as rd, \
        progress_scope(progress, "signals"), log_to(log):
-    _check_or_write_config(rd, config, log, growing)
+    check_or_write_config(rd, config, log, growing)
     if growing:  # the results are computed again with the grown pool
       rd.mark_finished(False)
       for name in ("results.json", "scores.npz"):
@@ -747,8 +747,8 @@ def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
   import jax
   ds, model = setup.dataset, setup.model
   if config.layers is not None and "stolen-memories" in config.attacks:
-    from mia_jax.whitebox import _check_layers
-    _check_layers(model, config.layers)
+    from mia_jax.whitebox import check_layers
+    check_layers(model, config.layers)
   if "nasr" in config.attacks:
     from mia_jax.attacks import nasr
     nasr.check_layers(model, config.gradient_layers)
@@ -805,7 +805,7 @@ def _grows_reference_pool(path: str, config: AuditConfig) -> bool:
   return changed == ["num_reference"] and config.num_reference > previous["num_reference"]
 
 
-def _check_or_write_config(rd, config: AuditConfig, log, growing: bool = False) -> None:
+def check_or_write_config(rd, config: AuditConfig, log, growing: bool = False) -> None:
   """A resumed run must have the configuration it started with (or, ``growing``, a larger
   reference pool); a new one records it."""
   cfg_path = rd.file("config.json")
@@ -1003,10 +1003,11 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
   defenses, views, dp_info = checked
   work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
-  def train_dp(xs, ys, indices, seed):
+  def train_dp(xs, ys, indices, seed, checkpoint_dir=None):
     from mia_jax.dp import train_model_dp
     return train_model_dp(model, xs, ys, config=tcfg, noise_multiplier=dp_info["noise_multiplier"],
-                          clip_norm=config.clip_norm, seed=seed, indices=indices).variables
+                          clip_norm=config.clip_norm, seed=seed, indices=indices,
+                          checkpoint_dir=checkpoint_dir).variables
 
   train_one = train_dp if dp_info is not None else None
 
@@ -1016,7 +1017,7 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
     if variables is not None:
       return variables
     if train_one is not None:
-      variables = train_one(x, y, split.target_in, config.seed)
+      variables = train_one(x, y, split.target_in, config.seed, os.path.join(work, "target"))
     else:
       variables = train_model(model, x, y, config=tcfg, seed=config.seed,
                               indices=split.target_in, progress=progress, description="target",

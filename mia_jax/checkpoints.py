@@ -181,7 +181,7 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
   """
   from mia_jax._io import hash_arrays
   from mia_jax._validation import check_positive_int
-  from mia_jax.audit import _check_or_write_config, prepare, reference_keep
+  from mia_jax.audit import check_or_write_config, prepare, reference_keep
   from mia_jax.rundir import RunDir, check_out_path
   from mia_jax.train import log_to
   check_positive_int(save_every, "save_every")
@@ -193,7 +193,7 @@ def train_run(config, out_dir: str, *, save_every: int = 1, with_reference: bool
   setup = prepare(config)
   with RunDir.open(out_dir, command="train", log=log, refuse_finished=False) as rd, \
        log_to(log):
-    _check_or_write_config(rd, config, log)
+    check_or_write_config(rd, config, log)
     rd.check_data(hash_arrays(setup.x, setup.y), f"dataset {config.dataset!r}")
     paths = _train_run(config, rd, setup, save_every, with_reference, progress, log,
                        reference_keep)

@@ -43,6 +43,7 @@ algorithm, for a balanced prior (half members): see :func:`membership_advantage_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -54,8 +55,8 @@ import optax
 
 from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
-from mia_jax.train import (Seed, TrainConfig, TrainResult, _epoch_schedule, _np_seed,
-                           check_converging, jax_key, program_key)
+from mia_jax.train import (Seed, TrainConfig, TrainResult, check_converging, epoch_schedule,
+                           jax_key, np_seed, program_key, resume_state, save_epoch_checkpoint)
 from mia_jax.models.adapters import check_model
 
 SAMPLINGS = ("poisson", "shuffle")
@@ -226,7 +227,7 @@ class _Schedule:
   def __init__(self, indices: np.ndarray, config: TrainConfig, seed: Seed, sampling: str):
     n, bsz = indices.size, config.batch_size
     self.steps = steps_per_epoch(n, bsz)
-    self.rng = np.random.default_rng(_np_seed(seed))
+    self.rng = np.random.default_rng(np_seed(seed))
     self.indices, self.bsz, self.sampling = indices, bsz, sampling
     if sampling == "poisson":
       # Every batch of the run first, so the padded capacity is fixed for the run.
@@ -243,7 +244,7 @@ class _Schedule:
       for t, b in enumerate(self.batches[e * self.steps:(e + 1) * self.steps]):
         idx[t, :b.size], w[t, :b.size] = b, 1.0
       return idx, w
-    s = _epoch_schedule(self.rng, self.indices, self.bsz, self.steps)
+    s = epoch_schedule(self.rng, self.indices, self.bsz, self.steps)
     return s.idx, s.weight
 
 
@@ -265,9 +266,12 @@ def _check_dp_model(model, noise_multiplier, clip_norm, sampling, microbatch_siz
 
 def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainConfig,
             noise_multiplier: float, clip_norm: float, sampling: str,
-            microbatch_size: int | None, stacked: bool) -> TrainResult:
+            microbatch_size: int | None, stacked: bool,
+            checkpoint_dir: str | None = None) -> TrainResult:
   """DP-SGD of one model per (members, seed); ``stacked``: all of them in one vmapped
-  program, each with exactly the batches, noise and dropout keys it gets alone."""
+  program, each with exactly the batches, noise and dropout keys it gets alone. With
+  ``checkpoint_dir`` the state is saved every epoch and an interrupted run resumes from
+  it (as :func:`mia_jax.train.train_models`: fingerprinted, the newest two kept)."""
   schedules = [_Schedule(idx, config, s, sampling) for idx, s in zip(members, seeds)]
   cap = max(s.cap for s in schedules)
   steps = max(s.steps for s in schedules)
@@ -287,7 +291,23 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
   noise_std = noise_multiplier * clip_norm
   losses = np.zeros((len(seeds), config.epochs), np.float32)
-  for e in range(config.epochs):
+  start = 0
+  if checkpoint_dir is not None:
+    from mia_jax._io import hash_arrays
+    fingerprint = {"config": dataclasses.asdict(config), "dp": [noise_multiplier, clip_norm,
+                                                                  sampling, microbatch_size],
+                   "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
+                   "members": hash_arrays(*members), "data": hash_arrays(x, y),
+                   "model": repr(dict(model.spec))}
+    start, saved = resume_state(checkpoint_dir, {"state": (params, opt_state), "losses": losses},
+                                fingerprint, "DP-SGD training")
+    if saved is not None:
+      params, opt_state = saved["state"]
+      losses = np.array(saved["losses"])
+      for e in range(start):  # replay the host draws so epoch `start` sees the same batches
+        for s in schedules:
+          s.epoch(e)
+  for e in range(start, config.epochs):
     idx = np.zeros((len(seeds), steps, cap), np.int32)
     w = np.zeros((len(seeds), steps, cap), np.float32)
     active = np.zeros((len(seeds), steps), bool)
@@ -303,13 +323,15 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
     params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std)
     losses[:, e] = np.asarray(loss)
     check_converging(losses[:, e], "DP-SGD training", e + 1, config)
+    if checkpoint_dir is not None:
+      save_epoch_checkpoint(checkpoint_dir, e + 1, (params, opt_state), losses, fingerprint)
   return TrainResult({"params": params}, losses if stacked else losses[0])
 
 
 def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
                    noise_multiplier: float, clip_norm: float, seed: Seed = 0, indices=None,
-                   sampling: str = "poisson", microbatch_size: int | None = None
-                   ) -> TrainResult:
+                   sampling: str = "poisson", microbatch_size: int | None = None,
+                   checkpoint_dir: str | None = None) -> TrainResult:
   """Trains one model with DP-SGD (see the module docstring).
 
   Args:
@@ -326,6 +348,8 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
     sampling: "poisson" (matches the accountant) or "shuffle" (fixed-size batches).
     microbatch_size: optional chunk size for per-example gradients (bounds memory);
       the padded batch is rounded up to a multiple of it.
+    checkpoint_dir: optional directory for per-epoch training state; an interrupted run
+      resumes from it with the same result.
 
   Returns:
     TrainResult(variables, losses[epochs]); the losses are the (non-private) mean
@@ -339,13 +363,13 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
   x, y = check_model(model).check_inputs(x, y)
   indices = check_indices(indices, x.shape[0])
   return _run_dp(model, x, y, [indices], [seed], config, noise_multiplier, clip_norm,
-                 sampling, microbatch_size, stacked=False)
+                 sampling, microbatch_size, stacked=False, checkpoint_dir=checkpoint_dir)
 
 
 def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
                     noise_multiplier: float, clip_norm: float, seed: int = 0,
                     sampling: str = "poisson", microbatch_size: int | None = None,
-                    first_model: int = 0) -> TrainResult:
+                    first_model: int = 0, checkpoint_dir: str | None = None) -> TrainResult:
   """Trains M models at once with DP-SGD, model m on the rows where ``keep[m]`` is True,
   with seed ``(seed, first_model + m)`` (as :func:`mia_jax.train.train_models`).
 
@@ -373,7 +397,7 @@ def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = Tr
   members = [np.flatnonzero(k) for k in keep]
   seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
   return _run_dp(model, x, y, members, seeds, config, noise_multiplier, clip_norm, sampling,
-                 microbatch_size, stacked=True)
+                 microbatch_size, stacked=True, checkpoint_dir=checkpoint_dir)
 
 
 # -- accounting ----------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def _check_threshold(threshold: Any, name: str = "threshold") -> float:
   return t
 
 
-def _check_fprs(fpr: Any, name: str = "fpr") -> tuple[np.ndarray, bool]:
+def check_fprs(fpr: Any, name: str = "fpr") -> tuple[np.ndarray, bool]:
   """Validates a float or 1-D sequence of FPRs in [0, 1]; returns (array, is_scalar)."""
   arr = as_array(fpr, name)
   check_ndim(arr, name, (0, 1))
@@ -267,7 +267,7 @@ def tpr_at_fpr(scores: ArrayLike, is_member: ArrayLike,
     MiaInputError: on invalid inputs, including ``fpr`` outside [0, 1].
   """
   s, m, _ = _prepare(scores, is_member)
-  fprs, scalar = _check_fprs(fpr, "fpr")
+  fprs, scalar = check_fprs(fpr, "fpr")
   out = _tpr_at_fpr(s, m, fprs)
   return float(out[0]) if scalar else out
 
@@ -515,7 +515,7 @@ def summarize(scores: ArrayLike, is_member: ArrayLike,
     MiaInputError: on invalid inputs.
   """
   s, m, _ = _prepare(scores, is_member)
-  fpr_arr, _ = _check_fprs(fprs, "fprs")
+  fpr_arr, _ = check_fprs(fprs, "fprs")
   fpr, tpr, _ = _roc(s, m)
   adv = float(np.max(tpr - fpr))
   tprs = _tpr_at_fpr(s, m, fpr_arr)

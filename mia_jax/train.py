@@ -102,7 +102,7 @@ def jax_key(seed: Seed) -> jax.Array:
   return key
 
 
-def _np_seed(seed: Seed):
+def np_seed(seed: Seed):
   seed = check_seed(seed)
   return int(seed) if isinstance(seed, (int, np.integer)) else tuple(int(s) for s in seed)
 
@@ -112,7 +112,7 @@ class _Schedule(NamedTuple):
   weight: np.ndarray  # float32[T, B] 1 for real examples, 0 for padding
 
 
-def _epoch_schedule(rng: np.random.Generator, indices: np.ndarray, batch_size: int,
+def epoch_schedule(rng: np.random.Generator, indices: np.ndarray, batch_size: int,
                     num_steps: int) -> _Schedule:
   """One shuffled epoch over ``indices`` cut into ``num_steps`` padded batches."""
   perm = rng.permutation(indices)
@@ -275,7 +275,7 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
   indices = check_indices(indices, x.shape[0])
   keep = np.zeros((1, x.shape[0]), bool)
   keep[0, indices] = True
-  return _train(model, x, y, keep, config, [_np_seed(seed)], init_variables, progress,
+  return _train(model, x, y, keep, config, [np_seed(seed)], init_variables, progress,
                 description, False, checkpoint_dir, checkpoint_every, on_epoch)
 
 
@@ -338,7 +338,7 @@ def _epoch_checkpoints(checkpoint_dir) -> list[tuple[int, str]]:
   return [(e, os.path.join(checkpoint_dir, f"epoch-{e:06d}")) for e in sorted(done, reverse=True)]
 
 
-def _save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) -> None:
+def save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) -> None:
   path = os.path.join(checkpoint_dir, f"epoch-{epoch:06d}")
   save_variables(path, {"state": state, "losses": losses}, overwrite=True,
                  metadata={"epoch": epoch, "fingerprint": fingerprint})
@@ -349,7 +349,7 @@ def _save_epoch_checkpoint(checkpoint_dir, epoch, state, losses, fingerprint) ->
       shutil.rmtree(os.path.join(checkpoint_dir, n), ignore_errors=True)
 
 
-def _resume_state(checkpoint_dir, like, fingerprint, description):
+def resume_state(checkpoint_dir, like, fingerprint, description):
   """(epochs done, saved state or None): the newest epoch checkpoint of this training run
   that reads back intact. A corrupt one is reported, removed and the one before it used;
   one of another run (recipe, seeds, data or model) is an error."""
@@ -432,13 +432,13 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
                    "keep": hash_arrays(keep), "data": hash_arrays(x, y),
                    "model": repr(dict(model.spec))}
     like = {"state": (params, other, opt_state), "losses": losses}
-    start, saved = _resume_state(checkpoint_dir, like, fingerprint, description)
+    start, saved = resume_state(checkpoint_dir, like, fingerprint, description)
   if saved is not None:
     params, other, opt_state = saved["state"]
     losses = np.array(saved["losses"])
     for _ in range(start):  # replay the host shuffles so epoch `start` sees the same order
       for r, idx in zip(rngs, members):
-        _epoch_schedule(r, idx, config.batch_size, num_steps)
+        epoch_schedule(r, idx, config.batch_size, num_steps)
   if mesh is not None:  # the models split over the devices, the data on every device
     params, other, opt_state = shard_stacked((params, other, opt_state), mesh)
     x_dev, y_dev = replicate((x_dev, y_dev), mesh)
@@ -446,7 +446,7 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
   for _ in range(start):
     advance()
   for e in range(start, config.epochs):
-    sched = [_epoch_schedule(r, idx, config.batch_size, num_steps) for r, idx in zip(rngs, members)]
+    sched = [epoch_schedule(r, idx, config.batch_size, num_steps) for r, idx in zip(rngs, members)]
     epoch_keys = [jax.random.fold_in(k, e + 1) for k in keys]
     if stacked:
       idx = jnp.asarray(np.stack([s.idx for s in sched]))
@@ -460,7 +460,7 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
     losses[:, e] = (np.asarray(loss) if mesh is None else gather(loss)).reshape(-1)
     check_converging(losses[:, e], description, e + 1, config)
     if checkpoint_dir is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == config.epochs):
-      _save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
+      save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
     if on_epoch is not None:
       on_epoch(e, {"params": params, **other})
     advance()

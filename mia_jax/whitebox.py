@@ -96,7 +96,7 @@ def linear_scores(h: jax.Array, y: jax.Array, row_target: jax.Array, row_proxy: 
   return jnp.sum(diff.reshape(diff.shape[0], -1), axis=-1)
 
 
-def _check_layers(model: LayeredModel, layers) -> tuple[str, ...]:
+def check_layers(model: LayeredModel, layers) -> tuple[str, ...]:
   layers = check_model(model).check_layers(layers)
   if not layers:
     raise MiaInputError("layers: expected at least one layer name")
@@ -151,7 +151,7 @@ def jacobian_rows(model: LayeredModel, variables: Variables, x, y, *, layers: Se
   """
   from mia_jax.signals import check_stacked
   x, y = check_model(model).check_inputs(x, y)
-  layers = _check_layers(model, layers)
+  layers = check_layers(model, layers)
   path_steps = check_positive_int(path_steps, "path_steps", minimum=0)
   check_positive_int(microbatch_size, "microbatch_size")
   check_stacked(variables, stacked, model=model)
@@ -273,7 +273,7 @@ def layer_scores(model: LayeredModel, target_variables: Variables,
   """
   from mia_jax.signals import check_stacked
   x, y = check_model(model).check_inputs(x, y)
-  layers = _check_layers(model, tuple(proxy_variables))
+  layers = check_layers(model, tuple(proxy_variables))
   missing = [l for l in layers if l not in means]
   if missing:
     raise MiaInputError(f"means: missing class means for layer(s) {missing}")

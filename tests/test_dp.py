@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -306,3 +307,39 @@ def test_audit_without_jax_privacy_fails_before_writing(tmp_path, monkeypatch):
   assert cli.main(["audit", "--epochs", "1", "--attacks", "loss", "--noise-multiplier", "1",
                    "--out", str(out), "--quiet"]) == 2
   assert not out.exists()
+
+
+def test_interrupted_stacked_dp_training_resumes_with_the_same_result(tmp_path, monkeypatch):
+  """DP models resume like the others: stop after epoch 2 of 3 (an exception out of the
+  epoch loop, as Ctrl-C), rerun with the same checkpoint directory: bit-identical to an
+  uninterrupted run (same program, same inputs: the batches of the epochs done are
+  replayed on the host)."""
+  model = _model()
+  x, y = _data(60)
+  keep = np.zeros((2, 60), bool)
+  keep[0, :30], keep[1, 20:] = True, True
+  cfg = TrainConfig(optimizer="adam", learning_rate=0.01, epochs=3, batch_size=8)
+  for sampling in ("poisson", "shuffle"):
+    kw = dict(config=cfg, noise_multiplier=1.0, clip_norm=1.0, seed=4, sampling=sampling)
+    want = dp.train_models_dp(model, x, y, keep, **kw)
+    real = dp.check_converging
+    calls = []
+
+    def stop_after_two(losses, *a):
+      calls.append(1)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return real(losses, *a)
+
+    monkeypatch.setattr(dp, "check_converging", stop_after_two)
+    ckpt = tmp_path / sampling
+    with pytest.raises(KeyboardInterrupt):
+      dp.train_models_dp(model, x, y, keep, checkpoint_dir=str(ckpt), **kw)
+    assert sorted(os.listdir(ckpt)) == ["epoch-000001"]
+    rerun = []
+    monkeypatch.setattr(dp, "check_converging", lambda *a: rerun.append(a[2]) or real(*a))
+    got = dp.train_models_dp(model, x, y, keep, checkpoint_dir=str(ckpt), **kw)
+    monkeypatch.setattr(dp, "check_converging", real)
+    assert rerun == [2, 3]  # only the epochs not done were trained
+    np.testing.assert_array_equal(_flat(got.variables), _flat(want.variables))
+    np.testing.assert_array_equal(got.losses, want.losses)

@@ -141,7 +141,7 @@ def _compiled_predict(kind: str, grouped: bool):
 
 # -- validation ------------------------------------------------------------------------------
 
-def _check_hyper(kind, hidden, steps, learning_rate, l2, seed):
+def check_hyper(kind, hidden, steps, learning_rate, l2, seed):
   if kind not in KINDS:
     raise MiaInputError(f"kind: expected one of {KINDS}, got {kind!r}")
   hidden = check_positive_int(hidden, "hidden")
@@ -222,7 +222,7 @@ def fit_binary(features, labels, *, kind: str = "logistic", hidden: int = 64,
   Raises:
     MiaInputError: a bad argument, named in the message.
   """
-  hidden, steps, learning_rate, l2, seed = _check_hyper(kind, hidden, steps, learning_rate,
+  hidden, steps, learning_rate, l2, seed = check_hyper(kind, hidden, steps, learning_rate,
                                                          l2, seed)
   x = _check_features(features, "features", 2)
   y = check_membership(labels, n=x.shape[0], name="labels")
@@ -259,7 +259,7 @@ def fit_binary_groups(features, labels, mask, *, kind: str = "logistic", hidden:
   Raises:
     MiaInputError: a bad argument (or a group without both labels), named in the message.
   """
-  hidden, steps, learning_rate, l2, seed = _check_hyper(kind, hidden, steps, learning_rate,
+  hidden, steps, learning_rate, l2, seed = check_hyper(kind, hidden, steps, learning_rate,
                                                          l2, seed)
   x = _check_features(features, "features", 3)
   g, m = x.shape[:2]

@@ -429,7 +429,7 @@ def leave_one_out(signals: Any, keep: Any, *, attack: str = "online",
   center = _check_center(center)
   eps = _check_eps(eps)
   microbatch_size = check_positive_int(microbatch_size, "microbatch_size")
-  _metrics._check_fprs(fprs, "fprs")  # noqa: SLF001 - same validation as summarize.
+  _metrics.check_fprs(fprs, "fprs")  # the same validation as summarize
   if m < 2:
     raise MiaInputError(f"signals: leave-one-out needs at least 2 models, got M={m}")
   n_in = keep_np.sum(1)

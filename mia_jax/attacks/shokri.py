@@ -253,7 +253,7 @@ def fit_shokri(shadow_probs, labels, keep, *, per_class: bool = True, kind: str 
   """
   if feature not in FEATURES:
     raise MiaInputError(f"feature: expected one of {FEATURES}, got {feature!r}")
-  hidden, steps, learning_rate, l2, seed = _classifier._check_hyper(  # noqa: SLF001
+  hidden, steps, learning_rate, l2, seed = _classifier.check_hyper(
       kind, hidden, steps, learning_rate, l2, seed)
   data = attack_training_set(shadow_probs, labels, keep, balance=balance, seed=seed)
   num_classes = data.probs.shape[1]

@@ -34,7 +34,7 @@ import numpy as np
 from mia_jax._validation import MiaInputError, as_array, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.train import TrainConfig, train_models
-from mia_jax.whitebox import _check_layers, class_means, default_layers, layer_features, layer_scores
+from mia_jax.whitebox import check_layers, class_means, default_layers, layer_features, layer_scores
 from mia_jax.models.adapters import check_model
 
 
@@ -140,7 +140,7 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
     Proxies(variables, means).
   """
   aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
-  layers = _check_layers(model, config.layers or default_layers(model))
+  layers = check_layers(model, config.layers or default_layers(model))
   rng = np.random.default_rng(seed)
   variables, means = {}, {}
   for i, layer in enumerate(layers):
