@@ -250,6 +250,7 @@ def _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size):
       "probs": lambda: predict_probs(model, variables, xe, stacked=True,
                                      microbatch_size=microbatch_size),
       "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
+      "models": lambda: (model, variables, xe, ye),
       "gradient_norms": lambda: gradient_norms(model, variables, xe, ye, stacked=True,
                                                microbatch_size=min(microbatch_size, 256)),
   }, "checkpoint signals")

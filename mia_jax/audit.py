@@ -610,7 +610,6 @@ def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray
 def _dp_setup(config: AuditConfig, num_members: int) -> dict[str, Any]:
   """The DP-SGD noise and accounting of the target's training (see AuditConfig)."""
   from mia_jax import dp
-  dp.require_jax_privacy()  # before anything is written: DP-SGD itself needs it
   tcfg = config.train_config()
   q = dp.sampling_rate(num_members, tcfg.batch_size)
   steps = tcfg.epochs * dp.steps_per_epoch(num_members, tcfg.batch_size)
@@ -619,6 +618,7 @@ def _dp_setup(config: AuditConfig, num_members: int) -> dict[str, Any]:
   else:
     sigma = dp.noise_for_epsilon(config.dp_epsilon, q, steps, config.delta)
   eps = dp.epsilon_for(sigma, q, steps, config.delta)
+  dp.require_jax_privacy()  # before anything is written: DP-SGD itself needs it
   return {"epsilon": eps, "target_epsilon": config.dp_epsilon, "delta": config.delta,
           "noise_multiplier": sigma, "clip_norm": config.clip_norm, "sampling_rate": q,
           "steps": steps, "sampling": "poisson"}

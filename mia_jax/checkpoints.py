@@ -360,6 +360,7 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
       "probs": lambda: predict_probs(setup.model, stacked, xe, stacked=True,
                                      defenses=config.defenses, microbatch_size=microbatch_size),
       "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
+      "models": lambda: (setup.model, stacked, xe, ye),
   }, "checkpoint signals")
   with RunDir.open(run_dir, command="attack", log=log, refuse_finished=False) as rd:
     from mia_jax.defenses import parse_defenses

@@ -130,10 +130,15 @@ def run_stacked(attack: Attack, options: Any, side_of: Callable[[int], AttackerS
     fields = attack.details(config, first_state, first)[1] if attack.details else {}
     common = {**_side_fields(attack, side_of(0)), **fields}
     return scores, subs, [dict(common) for _ in range(c_count)]
-  # Not traceable (Stolen Memories, Nasr et al.: their white-box passes have their own
-  # compiled, microbatched loops): scored per checkpoint, fit once unless the fit reads
-  # the target's own layers (Stolen Memories' proxies).
+  # Not traceable: Nasr et al. scores every checkpoint in one pass of its own
+  # (score_stack); Stolen Memories, whose fit reads each target's own layers (proxies
+  # share its frozen lower part), is fit and scored per checkpoint.
   state = None if per_target else attack.fit(config, side_of(0))
+  if attack.score_stack is not None and not per_target:
+    scores = np.asarray(attack.score_stack(state, signals), np.float64)
+    fields = attack.details(config, state, {})[1] if attack.details else {}
+    common = {**_side_fields(attack, side_of(0)), **fields}
+    return scores, {}, [dict(common) for _ in range(c_count)]
   outs = []
   for c in range(c_count):
     log(f"checkpoint {c + 1}/{c_count}: {attack.name}")

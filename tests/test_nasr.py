@@ -247,3 +247,25 @@ def test_audit_rejects_bad_gradient_layers_before_training(tmp_path):
   with pytest.raises(MiaInputError, match="conv_9"):
     run_audit(cfg, str(tmp_path / "r"))
   assert not (tmp_path / "r" / "target").exists()
+
+
+def test_checkpoints_score_in_one_pass_equal_to_each_alone():
+  """score_checkpoints (features and network fused, vmapped over C checkpoints) equals
+  attack_features + predict on each checkpoint alone."""
+  from mia_jax.attacks import nasr
+  from mia_jax.models import make_model, stack_variables
+  from mia_jax.train import TrainConfig
+  model = make_model("mlp", input_shape=(6,), num_classes=3, widths=(8,))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(120, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 120)
+  state = nasr.fit_attacker(model, x[:80], y[:80], target_train_size=20,
+                            config=nasr.NasrConfig(epochs=2),
+                            train_config=TrainConfig(epochs=2, batch_size=16), seed=0)
+  ckpts = [model.init(jax.random.key(i)) for i in range(3)]
+  got = nasr.score_checkpoints(model, state, stack_variables(ckpts), x[80:], y[80:],
+                               microbatch_size=16)
+  assert got.shape == (3, 40)
+  for c, v in enumerate(ckpts):
+    want = nasr.score_target(model, state, v, x[80:], y[80:])
+    np.testing.assert_allclose(got[c], want, rtol=1e-4, atol=1e-5)

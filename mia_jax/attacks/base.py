@@ -25,6 +25,7 @@ checkpoints are stacked):
 ``labels``             ``int[N]`` true labels of the evaluation examples
 ``gradient_norms``     ``{stage: float[N]}`` per-example gradient norms (and ``"total"``)
 ``model``              ``(model, variables, x, y)`` the white-box target itself
+``models``             ``(model, stacked variables, x, y)``: C checkpoints at once
 =====================  ================================================================
 """
 
@@ -37,7 +38,7 @@ FAMILIES = ("threshold", "reference", "shadow", "whitebox")
 """Attack families, in the order runs and reports list them."""
 
 SIGNALS = ("loss", "confidence", "entropy", "modified_entropy", "correctness", "scaled_logit",
-           "confidence_z", "probs", "labels", "gradient_norms", "model")
+           "confidence_z", "probs", "labels", "gradient_norms", "model", "models")
 """Target signals an attack may declare in ``needs``."""
 
 SIDES = ("reference", "shadow", "whitebox")
@@ -65,6 +66,10 @@ class Attack:
       per-layer scores and result fields next to the score. A field ``threshold`` (with
       ``calibration``) is a threshold chosen on attacker-side data, reported as its
       achieved precision/recall/FPR; ``decision_threshold`` the attack's own decision rule.
+    score_stack: optional ``(state, signals) -> float[C, N]`` for an attack whose score is
+      not traceable but can score C stacked checkpoints in one pass of its own (Nasr et
+      al.: gradient features and network fused, vmapped over checkpoints); it reads
+      ``signals["models"] = (model, stacked variables, x, y)``.
     report: optional ``(config, state, signals) -> (float[N], sub-scores, fields)`` that
       computes the score and its details together, for attacks whose sub-scores are the
       intermediate results of the score (Stolen Memories' per-layer scores).
@@ -82,6 +87,7 @@ class Attack:
   fit_per_target: bool = False
   details: Callable[[Any, Any, Mapping[str, Any]], tuple[dict, dict]] | None = None
   report: Callable[[Any, Any, Mapping[str, Any]], tuple[Any, dict, dict]] | None = None
+  score_stack: Callable[[Any, Mapping[str, Any]], Any] | None = None
 
   def evaluate(self, config: Any, state: Any, signals: Mapping[str, Any]
                ) -> tuple[Any, dict, dict]:

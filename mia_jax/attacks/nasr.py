@@ -176,6 +176,12 @@ def feature_shapes(model: LayeredModel, layers: Sequence[str], *,
 
 @functools.lru_cache(maxsize=32)
 def _compiled_features(model: LayeredModel, layers: tuple[str, ...], activations: bool = False):
+  return jax.jit(jax.vmap(_per_example_features(model, layers, activations),
+                          in_axes=(None, 0, 0)))
+
+
+def _per_example_features(model: LayeredModel, layers: tuple[str, ...], activations: bool):
+  """``(variables, x1, y1) -> {feature: array}`` of one example (the attack's inputs)."""
   from mia_jax.signals import loss as loss_of_logits
 
   def per_example(variables, x1, y1):
@@ -198,7 +204,7 @@ def _compiled_features(model: LayeredModel, layers: tuple[str, ...], activations
         out[f"act:{l}"] = feats[l][0].reshape(-1)
     return out
 
-  return jax.jit(jax.vmap(per_example, in_axes=(None, 0, 0)))
+  return per_example
 
 
 def attack_features(model: LayeredModel, variables: Variables, x, y, *,
@@ -460,6 +466,32 @@ def predict(state: NasrState, features: dict[str, np.ndarray], *,
   return np.asarray(out, np.float64)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_checkpoint_scores(model: LayeredModel, layers: tuple[str, ...], activations: bool,
+                                module: "AttackModel"):
+  per_example = _per_example_features(model, layers, activations)
+
+  def one(params, scales, variables, xb, yb):  # one checkpoint, one chunk of examples
+    feats = jax.vmap(per_example, in_axes=(None, 0, 0))(variables, xb, yb)
+    return module.apply({"params": params}, _normalize(feats, scales))
+
+  return jax.jit(jax.vmap(one, in_axes=(None, None, 0, None, None)))
+
+
+def score_checkpoints(model: LayeredModel, state: "AttackerState", stacked_variables: Variables,
+                      x, y, *, microbatch_size: int = 128) -> np.ndarray:
+  """The attack network's member logits float[C, N] for C stacked checkpoints: gradient
+  features and scores of every checkpoint in one compiled, vmapped pass per chunk of
+  examples (the features never leave the device: memory ~ C x microbatch_size features)."""
+  x, y = check_model(model).check_inputs(x, y)
+  net = state.network
+  fn = _compiled_checkpoint_scores(model, state.layers, bool(state.config.activations),
+                                   net.module)
+  out = run_microbatched(lambda xb, yb: fn(net.params, net.scales, stacked_variables, xb, yb),
+                         [x, y], microbatch_size, out_axis=1)
+  return np.asarray(out, np.float64)
+
+
 # -- the whole attack against one target -----------------------------------------------------
 
 class NasrResult(NamedTuple):
@@ -624,6 +656,9 @@ ATTACK = Attack(
     summary="attack network on per-example gradients, losses and outputs, calibrated",
     paper="Nasr, Shokri & Houmansadr, S&P 2019", needs=("model",), attacker=("whitebox",),
     configure=_configure, fit=fit_attack, score=_score,
+    score_stack=lambda state, signals: score_checkpoints(
+        *signals["models"][:1], state, *signals["models"][1:],
+        microbatch_size=state.config.microbatch_size),
     details=lambda config, state, signals: (
         {}, {"threshold": state.threshold, "calibration": state.calibration}),
     traceable=False)
