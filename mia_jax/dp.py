@@ -9,8 +9,9 @@ DP-SGD (Abadi et al., CCS 2016), one step:
 3. add Gaussian noise ``N(0, (noise_multiplier * clip_norm)^2 I)``
    (``jax_privacy.noise_addition.gaussian_privatizer``, keyed per step);
 4. divide by the **expected** batch size ``B = config.batch_size`` (a constant, so the
-   noise scale does not depend on the data); add the (data-independent) weight-decay
-   gradient ``config.weight_decay * params``; apply the optax update of ``config``.
+   noise scale does not depend on the data); apply the optax update of ``config`` (which
+   adds the data-independent weight-decay gradient ``config.weight_decay * params`` first,
+   as for non-private training).
 
 Every step adds noise, also when a sampled batch is empty. BatchNorm is rejected
 (batch statistics mix examples, so per-example sensitivity would not hold); dropout
@@ -192,9 +193,8 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
       summed, loss_sum = clipped_grad_sum(example_loss, params,
                                           (x_all[idx_b], y_all[idx_b], ex_keys), w_b,
                                           clip_norm, microbatch_size)
+      # Weight decay (data-independent) is in tx (TrainConfig.optimizer_fn).
       grads = jax.tree.map(lambda g: g / bsz, add_noise(summed, k_noise, noise_std))
-      if config.weight_decay > 0:
-        grads = jax.tree.map(lambda g, p: g + config.weight_decay * p, grads, params)
       updates, new_opt = tx.update(grads, opt_state, params)
       new = optax.apply_updates(params, updates)
       keep_old = lambda a, b: jnp.where(on, a, b)  # noqa: E731

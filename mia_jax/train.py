@@ -59,8 +59,9 @@ class TrainConfig:
     optimizer: "sgd", "momentum" or "adam".
     learning_rate: step size.
     momentum: momentum for "momentum" (and beta1 for "adam" is optax's default).
-    weight_decay: L2 penalty coefficient lambda: adds lambda * ||params||^2 / 2 to the
-      loss (the L2 regularization defense of Shokri et al.).
+    weight_decay: L2 penalty coefficient lambda of lambda * ||params||^2 / 2 (the L2
+      regularization defense of Shokri et al.), applied as its gradient lambda * params by
+      ``optax.add_decayed_weights`` before the optimizer (reported losses include it).
     epochs: passes over each model's training examples.
     batch_size: examples per step.
   """
@@ -81,11 +82,18 @@ class TrainConfig:
     check_positive_int(self.batch_size, "batch_size")
 
   def optimizer_fn(self) -> optax.GradientTransformation:
+    """The optax transformation: weight decay (``optax.add_decayed_weights``: the gradient
+    of the L2 penalty, ``weight_decay * params``, added to the gradient) then the optimizer.
+    Every trainer (plain and DP-SGD) gets its weight decay here, and only here."""
     if self.optimizer == "sgd":
-      return optax.sgd(self.learning_rate)
-    if self.optimizer == "momentum":
-      return optax.sgd(self.learning_rate, momentum=self.momentum)
-    return optax.adam(self.learning_rate)
+      opt = optax.sgd(self.learning_rate)
+    elif self.optimizer == "momentum":
+      opt = optax.sgd(self.learning_rate, momentum=self.momentum)
+    else:
+      opt = optax.adam(self.learning_rate)
+    if self.weight_decay > 0:
+      return optax.chain(optax.add_decayed_weights(self.weight_decay), opt)
+    return opt
 
 
 def jax_key(seed: Seed) -> jax.Array:
@@ -202,14 +210,14 @@ def _make_step_fn(model: LayeredModel, config: TrainConfig):
     logits, new_other = model.apply_train({"params": params, **other}, xb, key, mask=wb > 0)
     per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
     loss = jnp.sum(per_ex * wb) / jnp.maximum(jnp.sum(wb), 1.0)
-    if config.weight_decay > 0:
-      l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-      loss = loss + 0.5 * config.weight_decay * l2
-    return loss, new_other
+    return loss, new_other  # weight decay: its gradient is in TrainConfig.optimizer_fn
 
   def step(params, other, opt_state, key, x_all, y_all, idx_b, wb, t):
     (loss, new_other), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, other, x_all[idx_b], y_all[idx_b], wb, jax.random.fold_in(key, t))
+    if config.weight_decay > 0:  # the reported loss is the penalized objective
+      l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
+      loss = loss + 0.5 * config.weight_decay * l2
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     # A step with no real example (padding for a model with fewer examples) is a no-op.
