@@ -528,7 +528,8 @@ def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, descripti
     from mia_jax.dp import train_models_dp
     log(f"{description}: training models {start + 1}..{m} with DP-SGD, stacked")
     new = train_models_dp(model, x, y, keep[start:], config=tcfg, seed=seed,
-                          first_model=start, checkpoint_dir=checkpoint_dir, **dp).variables
+                          first_model=start, checkpoint_dir=checkpoint_dir, progress=progress,
+                          description=f"{description} (DP-SGD)", **dp).variables
   variables = new if reused is None else jax.tree.map(
       lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), reused, new)
   write_npz_atomic(rd.file(f"{name}_keep.npz"), keep=keep)
@@ -1007,7 +1008,8 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
     from mia_jax.dp import train_model_dp
     return train_model_dp(model, xs, ys, config=tcfg, noise_multiplier=dp_info["noise_multiplier"],
                           clip_norm=config.clip_norm, seed=seed, indices=indices,
-                          checkpoint_dir=checkpoint_dir).variables
+                          checkpoint_dir=checkpoint_dir, progress=progress,
+                          description="DP-SGD training").variables
 
   train_one = train_dp if dp_info is not None else None
 

@@ -57,7 +57,8 @@ import optax
 from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
 from mia_jax.train import (Seed, TrainConfig, TrainResult, check_converging, epoch_schedule,
-                           jax_key, np_seed, program_key, resume_state, save_epoch_checkpoint)
+                           jax_key, np_seed, program_key, progress_bar, resume_state,
+                           save_epoch_checkpoint)
 from mia_jax.models.adapters import check_model
 
 SAMPLINGS = ("poisson", "shuffle")
@@ -267,7 +268,8 @@ def _check_dp_model(model, noise_multiplier, clip_norm, sampling, microbatch_siz
 def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainConfig,
             noise_multiplier: float, clip_norm: float, sampling: str,
             microbatch_size: int | None, stacked: bool,
-            checkpoint_dir: str | None = None) -> TrainResult:
+            checkpoint_dir: str | None = None, progress=None,
+            description: str = "DP-SGD training") -> TrainResult:
   """DP-SGD of one model per (members, seed); ``stacked``: all of them in one vmapped
   program, each with exactly the batches, noise and dropout keys it gets alone. With
   ``checkpoint_dir`` the state is saved every epoch and an interrupted run resumes from
@@ -307,6 +309,9 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
       for e in range(start):  # replay the host draws so epoch `start` sees the same batches
         for s in schedules:
           s.epoch(e)
+  advance, close = progress_bar(progress, config.epochs, description)
+  for _ in range(start):
+    advance()
   for e in range(start, config.epochs):
     idx = np.zeros((len(seeds), steps, cap), np.int32)
     w = np.zeros((len(seeds), steps, cap), np.float32)
@@ -322,16 +327,19 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
                                                   jnp.asarray(w[0]), jnp.asarray(active[0]))
     params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std)
     losses[:, e] = np.asarray(loss)
-    check_converging(losses[:, e], "DP-SGD training", e + 1, config)
+    check_converging(losses[:, e], description, e + 1, config)
     if checkpoint_dir is not None:
       save_epoch_checkpoint(checkpoint_dir, e + 1, (params, opt_state), losses, fingerprint)
+    advance()
+  close()
   return TrainResult({"params": params}, losses if stacked else losses[0])
 
 
 def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
                    noise_multiplier: float, clip_norm: float, seed: Seed = 0, indices=None,
                    sampling: str = "poisson", microbatch_size: int | None = None,
-                   checkpoint_dir: str | None = None) -> TrainResult:
+                   checkpoint_dir: str | None = None, progress=None,
+                   description: str = "DP-SGD training") -> TrainResult:
   """Trains one model with DP-SGD (see the module docstring).
 
   Args:
@@ -350,6 +358,7 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
       the padded batch is rounded up to a multiple of it.
     checkpoint_dir: optional directory for per-epoch training state; an interrupted run
       resumes from it with the same result.
+    progress, description: an optional rich Progress and the bar's label (epochs).
 
   Returns:
     TrainResult(variables, losses[epochs]); the losses are the (non-private) mean
@@ -363,13 +372,15 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
   x, y = check_model(model).check_inputs(x, y)
   indices = check_indices(indices, x.shape[0])
   return _run_dp(model, x, y, [indices], [seed], config, noise_multiplier, clip_norm,
-                 sampling, microbatch_size, stacked=False, checkpoint_dir=checkpoint_dir)
+                 sampling, microbatch_size, stacked=False, checkpoint_dir=checkpoint_dir,
+                 progress=progress, description=description)
 
 
 def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
                     noise_multiplier: float, clip_norm: float, seed: int = 0,
                     sampling: str = "poisson", microbatch_size: int | None = None,
-                    first_model: int = 0, checkpoint_dir: str | None = None) -> TrainResult:
+                    first_model: int = 0, checkpoint_dir: str | None = None, progress=None,
+                    description: str = "DP-SGD training") -> TrainResult:
   """Trains M models at once with DP-SGD, model m on the rows where ``keep[m]`` is True,
   with seed ``(seed, first_model + m)`` (as :func:`mia_jax.train.train_models`).
 
@@ -397,7 +408,8 @@ def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = Tr
   members = [np.flatnonzero(k) for k in keep]
   seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
   return _run_dp(model, x, y, members, seeds, config, noise_multiplier, clip_norm, sampling,
-                 microbatch_size, stacked=True, checkpoint_dir=checkpoint_dir)
+                 microbatch_size, stacked=True, checkpoint_dir=checkpoint_dir, progress=progress,
+                 description=description)
 
 
 # -- accounting ----------------------------------------------------------------------------

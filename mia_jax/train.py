@@ -235,7 +235,7 @@ class TrainResult(NamedTuple):
   losses: np.ndarray  # float[epochs] (or [M, epochs] for stacked) mean training loss
 
 
-def _progress(progress, total: int, description: str):
+def progress_bar(progress, total: int, description: str):
   """Returns (advance, close) callables for an optional rich progress bar."""
   if progress is None:
     return (lambda: None), (lambda: None)
@@ -450,7 +450,7 @@ def _train(model, x, y, keep, config, seeds, init_variables, progress, descripti
   if mesh is not None:  # the models split over the devices, the data on every device
     params, other, opt_state = shard_stacked((params, other, opt_state), mesh)
     x_dev, y_dev = replicate((x_dev, y_dev), mesh)
-  advance, close = _progress(progress, config.epochs, description)
+  advance, close = progress_bar(progress, config.epochs, description)
   for _ in range(start):
     advance()
   for e in range(start, config.epochs):

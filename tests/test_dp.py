@@ -343,3 +343,28 @@ def test_interrupted_stacked_dp_training_resumes_with_the_same_result(tmp_path, 
     assert rerun == [2, 3]  # only the epochs not done were trained
     np.testing.assert_array_equal(_flat(got.variables), _flat(want.variables))
     np.testing.assert_array_equal(got.losses, want.losses)
+
+
+def test_dp_training_shows_a_progress_bar():
+  class Recorder:
+    def __init__(self):
+      self.calls = []
+
+    def add_task(self, description, total):
+      self.calls.append(("add", description, total))
+      return 7
+
+    def advance(self, task):
+      self.calls.append(("advance", task))
+
+    def remove_task(self, task):
+      self.calls.append(("remove", task))
+
+  rec = Recorder()
+  model = _model()
+  x, y = _data(30)
+  keep = np.ones((2, 30), bool)
+  dp.train_models_dp(model, x, y, keep, config=TrainConfig(epochs=3, batch_size=8),
+                     noise_multiplier=1.0, clip_norm=1.0, progress=rec, description="refs")
+  assert rec.calls == [("add", "refs", 3), ("advance", 7), ("advance", 7), ("advance", 7),
+                       ("remove", 7)]
