@@ -293,7 +293,8 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
                attacks: Sequence[str] = ("loss", "confidence", "entropy", "modified_entropy"),
                microbatch_size: int = 1024, log=lambda s: None) -> dict[str, Any]:
   """Attacks every checkpoint of a run written by :func:`train_run` (or any directory of
-  checkpoints of the same model, with ``checkpoints``), writes ``checkpoint_results.json``,
+  checkpoints of the same model, with ``checkpoints``) with ``attacks`` (``["all"]``:
+  every registered attack the run allows), writes ``checkpoint_results.json``,
   ``checkpoint_scores.npz`` (per-example scores ``[C, N]`` of every attack) and
   ``checkpoints.png`` into ``run_dir`` and returns the results.
 
@@ -324,13 +325,16 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   if not isinstance(saved, dict):
     raise MiaInputError(f"run: {cfg_path} is corrupt (not a mapping of options)")
   config = config_from_dict(saved)
+  ref_dir = os.path.join(run_dir, "reference_checkpoints")
+  if list(attacks) == ["all"]:  # every attack this run allows
+    attacks = [a.name for a in registry.all_attacks()
+               if "reference" not in a.attacker or os.path.isdir(ref_dir)]
   chosen = registry.select(list(attacks))
   setup = prepare(config)
   t0 = time.perf_counter()
   stacked, names = load_checkpoint_stack(checkpoints or os.path.join(run_dir, "checkpoints"),
                                          setup.model)
   ref_attacks = [a.name for a in chosen if "reference" in a.attacker]
-  ref_dir = os.path.join(run_dir, "reference_checkpoints")
   if ref_attacks:  # every checkpoint needs reference models after the same epoch
     base = [n.split("[")[0] for n in names]
     missing = [n for n in base if not os.path.isdir(os.path.join(ref_dir, n, "state"))]

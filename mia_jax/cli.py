@@ -355,6 +355,8 @@ def _attack_user_model(args, log):
     raise MiaInputError(f"attack --model: also give {', '.join('--' + m for m in missing)}")
   out = check_out_path(args.out)
   attacks = _csv(args.attacks) if args.attacks_given else None
+  if attacks == ["all"]:
+    attacks = None  # every attack the inputs allow
   tcfg = TrainConfig(optimizer=args.optimizer, learning_rate=args.learning_rate,
                      epochs=args.epochs, batch_size=args.batch_size)
   sys.path.insert(0, os.getcwd())  # a factory module beside the user's code
@@ -522,8 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "stacked checkpoint, or (with --model) your orbax checkpoints")
   from mia_jax.attacks import registry
   p.add_argument("--attacks", default=None,
-                 help=f"comma-separated attacks from: {', '.join(registry.names())}. With "
-                      "--run the default is loss, confidence, entropy, modified_entropy; the "
+                 help=f"comma-separated attacks from: {', '.join(registry.names())}, or "
+                      "'all'. With --run the default is loss, confidence, entropy, "
+                      "modified_entropy ('all': every attack the run allows); the "
                       "reference attacks need a run trained with --with-reference "
                       "(checkpoint c against the reference models of the same epoch); "
                       "shokri trains shadow models on the run's auxiliary data. With --model "
