@@ -88,6 +88,10 @@ class AuditConfig:
       code's set).
     seed: fixes the split, all training and all attacks.
     microbatch_size: examples per compiled chunk in signal passes.
+    bootstrap_resamples: resamples for every attack's bootstrap confidence intervals of
+      AUC and TPR at each reported FPR (stratified percentile bootstrap over the
+      evaluation examples, :func:`mia_jax.metrics.bootstrap_ci`); 0 skips them.
+    confidence: the intervals' coverage, in (0, 1).
   """
   dataset: str = "digits"
   dataset_options: dict = dataclasses.field(default_factory=dict)
@@ -120,6 +124,8 @@ class AuditConfig:
   lira_augmentations: str = "none"
   seed: int = 0
   microbatch_size: int = 512
+  bootstrap_resamples: int = 200
+  confidence: float = 0.95
 
   def __post_init__(self):
     _coerce_fields(self)
@@ -161,6 +167,8 @@ class AuditConfig:
                           f"{self.lira_augmentations!r}")
     self.train_config()  # validates the recipe
 
+    check_positive_int(self.bootstrap_resamples, "bootstrap_resamples", minimum=0)
+    check_in_range(self.confidence, "confidence", 0, 1, low_open=True, high_open=True)
     check_positive_int(self.num_proxies, "num_proxies")
     check_positive_int(self.path_steps, "path_steps", minimum=0)
 
@@ -185,10 +193,10 @@ class AuditConfig:
 
 
 _FLOATS = ("learning_rate", "weight_decay", "target_precision", "target_fpr", "rmia_offline_a",
-           "clip_norm", "delta", "shadow_noise")
+           "clip_norm", "delta", "shadow_noise", "confidence")
 _OPTIONAL_FLOATS = ("dp_epsilon", "noise_multiplier")
 _INTS = ("epochs", "batch_size", "num_proxies", "path_steps", "num_reference", "num_shadow",
-         "seed", "microbatch_size")
+         "seed", "microbatch_size", "bootstrap_resamples")
 _OPTIONAL_INTS = ("target_size",)
 _STRS = ("dataset", "model", "optimizer", "whitebox_setting", "shadow_source",
          "lira_augmentations")
@@ -197,7 +205,7 @@ _OPTIONAL_NAME_LISTS = ("layers", "gradient_layers")
 _MAPPINGS = ("dataset_options", "model_options")
 _AT_MOST = {"epochs": 1_000_000, "batch_size": 1 << 24, "microbatch_size": 1 << 24,
             "num_proxies": 1024, "path_steps": 100_000, "num_reference": 65_536,
-            "num_shadow": 65_536, "target_size": 1 << 40}
+            "num_shadow": 65_536, "target_size": 1 << 40, "bootstrap_resamples": 100_000}
 """Sanity bounds on counts: far above any real run, far below what would hang or
 overflow (a mistyped ``epochs: 1e9``)."""
 MAX_OPTION_NODES = 10_000

@@ -148,6 +148,11 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
   arg("--seed", key="seed", type=int, help="seed of the split, all training and all attacks")
   arg("--microbatch-size", key="microbatch_size", type=int,
       help="examples per compiled chunk in signal passes (memory bound)")
+  arg("--bootstrap-resamples", key="bootstrap_resamples", type=int,
+      help="resamples for each attack's bootstrap confidence intervals of AUC and TPR at "
+           "each reported FPR (0: none)")
+  arg("--confidence", key="confidence", type=float,
+      help="coverage of the confidence intervals, in (0, 1)")
 
 
 def config_keys() -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from mia_jax.attacks.base import Attack, AttackerSide
+from mia_jax.attacks.base import Attack, AttackerSide, option
 
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 """The false-positive rates every result reports TPR at (0.0: the lowest achievable)."""
@@ -46,12 +46,36 @@ def calibrated(scores, is_member, threshold: float, calibration: dict) -> dict:
                               for p in (0.5, 0.1, 0.01)}}
 
 
+def bootstrap_intervals(scores: np.ndarray, is_member: np.ndarray, *, resamples: int,
+                        confidence: float, seed: int) -> dict[str, Any]:
+  """Percentile-bootstrap confidence intervals of the AUC and of the TPR at each of
+  :data:`REPORT_FPRS` (one stratified resampling loop for all of them,
+  :func:`mia_jax.metrics.bootstrap_ci`): ``{"confidence", "resamples", "auc": [lo, hi],
+  "tpr_at_fpr": {fpr: [lo, hi]}}``."""
+  from mia_jax.metrics import bootstrap_ci, roc_auc, tpr_at_fpr
+  fprs = list(REPORT_FPRS)
+
+  def metrics(s, m):
+    return np.r_[roc_auc(s, m), np.atleast_1d(tpr_at_fpr(s, m, fprs))]
+
+  _, lo, hi = bootstrap_ci(metrics, scores, is_member, num_resamples=resamples,
+                           confidence=confidence, seed=seed)
+  return {"confidence": float(confidence), "resamples": int(resamples),
+          "auc": [float(lo[0]), float(hi[0])],
+          "tpr_at_fpr": {repr(float(f)): [float(a), float(b)]
+                         for f, a, b in zip(fprs, lo[1:], hi[1:])}}
+
+
 def entry(scores: np.ndarray, subs: Mapping[str, np.ndarray], fields: Mapping[str, Any],
-          is_member: np.ndarray) -> dict[str, Any]:
+          is_member: np.ndarray, ci: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """One attack's result entry: its metrics, its sub-scores' metrics (``layers``) and its
-  fields (a calibrated threshold becomes ``calibrated``; a decision rule ``decision``)."""
+  fields (a calibrated threshold becomes ``calibrated``; a decision rule ``decision``);
+  with ``ci`` (``resamples``, ``confidence``, ``seed``) the bootstrap intervals of its
+  AUC and TPRs (``ci``)."""
   from mia_jax.metrics import summarize
   out = summarize(scores, is_member, REPORT_FPRS)
+  if ci:
+    out["ci"] = bootstrap_intervals(scores, is_member, **ci)
   if subs:
     out["layers"] = {k: summarize(v, is_member, REPORT_FPRS) for k, v in subs.items()}
   fields = dict(fields)
@@ -79,7 +103,11 @@ def run_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[s
   scores, subs, fields = attack.evaluate(config, state, signals)
   scores = np.asarray(scores, np.float64)
   subs = {k: np.asarray(v, np.float64) for k, v in subs.items()}
-  return scores, subs, entry(scores, subs, {**_side_fields(attack, side), **fields}, is_member)
+  resamples = int(option(options, "bootstrap_resamples", 0) or 0)
+  ci = (dict(resamples=resamples, confidence=float(option(options, "confidence", 0.95)),
+             seed=int(option(options, "seed", 0))) if resamples else None)
+  return scores, subs, entry(scores, subs, {**_side_fields(attack, side), **fields}, is_member,
+                             ci)
 
 
 def _needed(attack: Attack, signals: Mapping[str, Any]) -> dict[str, Any]:

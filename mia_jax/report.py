@@ -553,6 +553,29 @@ def _header(run: _Run) -> list[_Block]:
   return blocks
 
 
+def _intervals(names: Sequence[str], top: dict) -> list[_Block]:
+  """The bootstrap confidence intervals of the table above (results.json ``ci``)."""
+  have = [a for a in names if isinstance(top[a].get("ci"), dict)]
+  if not have:
+    return []
+  first = top[have[0]]["ci"]
+
+  def span(v):
+    return f"[{_fmt(v[0])}, {_fmt(v[1])}]" if isinstance(v, list) and len(v) == 2 else "-"
+
+  rows = [(a, span(top[a]["ci"].get("auc")))
+          + tuple(span((top[a]["ci"].get("tpr_at_fpr") or {}).get(k)) for k, _ in TPR_COLUMNS)
+          for a in have]
+  conf = first.get("confidence")
+  return [_Block("table", headers=("attack", "AUC CI") + tuple(f"{h} CI" for _, h in TPR_COLUMNS),
+                 rows=rows, align_numbers=False),
+          _Block("note", f"{_pct(conf) if conf is not None else ''} confidence intervals: "
+                         f"stratified percentile bootstrap over the evaluation examples "
+                         f"({first.get('resamples')} resamples); they describe the sampling "
+                         "uncertainty of each number on this evaluation set, not the "
+                         "variation over training runs.")]
+
+
 def _attack_descriptions(names: Sequence[str]) -> list[_Block]:
   """What each attack of the run is, from the registry (names it does not know -- a run
   written with an attack registered elsewhere -- are listed without a description)."""
@@ -587,6 +610,7 @@ def _summary(run: _Run, top: dict, layers: dict) -> list[_Block]:
                             f"by TPR at 1% FPR: {by_tpr} "
                             f"({_pct((top[by_tpr].get('tpr_at_fpr') or {}).get('0.01'))})."))
   blocks.append(_Block("table", headers=headers, rows=[row(a, top[a]) for a in order]))
+  blocks += _intervals(order, top)
   blocks += _attack_descriptions(order)
   n_neg = (run.results.get("dataset") or {}).get("num_nonmembers")
   if run.is_member is not None:

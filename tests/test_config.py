@@ -46,6 +46,8 @@ VALUES = {
     "lira_augmentations": ("flip", ["--lira-augmentations", "flip"]),
     "seed": (9, ["--seed", "9"]),
     "microbatch_size": (64, ["--microbatch-size", "64"]),
+    "bootstrap_resamples": (50, ["--bootstrap-resamples", "50"]),
+    "confidence": (0.9, ["--confidence", "0.9"]),
     "out": ("runs/x", ["--out", "runs/x"]),
     "overwrite": (True, ["--overwrite"]),
     "quiet": (True, ["--quiet"]),
