@@ -591,7 +591,9 @@ def tpr_bound(fpr, eps: float, delta: float = 0.0):
   if f is None or not np.all(np.isfinite(f)) or np.any((f < 0) | (f > 1)):
     raise MiaInputError(f"fpr: expected values in [0, 1], got {fpr!r}")
   with np.errstate(over="ignore"):
-    t = np.minimum.reduce([np.ones_like(f), np.exp(eps) * f + delta,
+    # e^eps may overflow to inf; at fpr = 0 the term is 0 (not inf * 0 = NaN).
+    scaled = np.where(f > 0, np.exp(eps) * np.where(f > 0, f, 1.0), 0.0)
+    t = np.minimum.reduce([np.ones_like(f), scaled + delta,
                            1.0 - np.exp(-eps) * (1.0 - delta - f)])
   return float(t) if t.ndim == 0 else t
 

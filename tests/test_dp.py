@@ -368,3 +368,12 @@ def test_dp_training_shows_a_progress_bar():
                      noise_multiplier=1.0, clip_norm=1.0, progress=rec, description="refs")
   assert rec.calls == [("add", "refs", 3), ("advance", 7), ("advance", 7), ("advance", 7),
                        ("remove", 7)]
+
+
+def test_tpr_bound_at_zero_fpr_with_an_overflowing_epsilon_is_delta_not_nan():
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no "invalid value" from inf * 0
+    got = dp.tpr_bound(np.array([0.0, 1e-3]), 800.0, 1e-5)  # e^800 overflows
+  np.testing.assert_allclose(got, [1e-5, 1.0])
+  assert dp.tpr_bound(0.0, 1.0, 1e-5) == pytest.approx(1e-5)
