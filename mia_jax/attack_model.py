@@ -207,7 +207,8 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
   per_ckpt = [{"name": nm, "train_accuracy": float(sig["correctness"][i][is_member].mean()),
                "test_accuracy": float(sig["correctness"][i][~is_member].mean()), "attacks": {}}
               for i, nm in enumerate(names)]
-  signals = _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size)
+  signals = pipeline.checkpoint_signals(model, variables, sig, x, y, ev, aux,
+                                        microbatch_size=microbatch_size)
   side_of = _side_of(model, variables, x, y, ev, aux, members.size, tcfg, seed, progress, log,
                      reference_variables, rkeep if ref_attacks else None, microbatch_size)
   scores: dict[str, np.ndarray] = {}
@@ -235,55 +236,30 @@ def attack_model(model, variables, x, y, *, members, nonmembers, auxiliary=None,
 
 
 
-def _stacked_signals(model, variables, sig, x, y, ev, aux, c, microbatch_size):
-  """The C checkpoints' signals on the evaluation examples ([C, N] each), on first use."""
-  from mia_jax.attacks.base import Lazy
-  from mia_jax.attacks.shokri import predict_probs
-  from mia_jax.signals import blackbox_signals
-  from mia_jax.whitebox import gradient_norms
-  xe, ye = x[ev], y[ev]
-  return Lazy({
-      **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
-                                           "correctness", "scaled_logit")},
-      "confidence_z": lambda: blackbox_signals(model, variables, x[aux], y[aux], stacked=True,
-                                               microbatch_size=microbatch_size)["confidence"],
-      "probs": lambda: predict_probs(model, variables, xe, stacked=True,
-                                     microbatch_size=microbatch_size),
-      "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
-      "models": lambda: (model, variables, xe, ye),
-      "gradient_norms": lambda: gradient_norms(model, variables, xe, ye, stacked=True,
-                                               microbatch_size=min(microbatch_size, 256)),
-  }, "checkpoint signals")
-
-
 def _side_of(model, variables, x, y, ev, aux, target_size, tcfg, seed, progress, log,
              reference_variables, reference_keep, microbatch_size):
   """``c -> AttackerSide`` of checkpoint c: the user's reference models' signals (shared by
   every checkpoint, computed once) and the white-box attacker's data and target."""
+  from mia_jax import pipeline
   from mia_jax.attacks.base import AttackerSide
-  from mia_jax.signals import blackbox_signals
   memo = {}
 
   def reference():
     if "reference" not in memo:
-      ne = ev.size
-      pool = np.concatenate([ev, aux])
-      r = blackbox_signals(model, reference_variables, x[pool], y[pool], stacked=True,
-                           microbatch_size=microbatch_size, names=("scaled_logit", "confidence"))
       memo["reference"] = {
-          "scaled_logit": r["scaled_logit"][:, :ne], "confidence": r["confidence"][:, :ne],
-          "confidence_z": r["confidence"][:, ne:], "keep": reference_keep[:, ev],
-          "discrete": False, "fields": {"num_reference": int(reference_keep.shape[0])}}
+          **pipeline.reference_signals(model, reference_variables, x, y, ev, aux,
+                                       microbatch_size=microbatch_size),
+          "keep": reference_keep[:, ev], "discrete": False,
+          "fields": {"num_reference": int(reference_keep.shape[0])}}
     return memo["reference"]
 
   def side(c):
     return AttackerSide({
         "reference": reference,
-        "whitebox": lambda: {
-            "model": model, "target": jax.tree.map(lambda a: a[c], variables),
-            "aux_x": x[aux], "aux_y": y[aux], "target_train_size": target_size,
-            "train_config": tcfg, "seed": seed, "progress": progress, "log": log,
-            "num_eval": int(ev.size)}})
+        "whitebox": lambda: pipeline.whitebox_inputs(
+            model, jax.tree.map(lambda a: a[c], variables), x, y, aux,
+            target_train_size=target_size, train_config=tcfg, seed=seed, num_eval=ev.size,
+            log=log, progress=progress)})
   return side
 
 

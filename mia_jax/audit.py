@@ -921,8 +921,8 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
                    stages: Stages, train_one, work: str, progress, log):
   """What the attacker has: reference models' and shadow models' signals (trained on first
   use, reused when a run resumes) and the white-box attacker's data and shadow trainer."""
+  from mia_jax import pipeline
   from mia_jax.attacks.base import AttackerSide
-  from mia_jax.signals import blackbox_signals
   x, y, split, model = setup.x, setup.y, setup.split, setup.model
   defenses, views, dp_info = checked
   tcfg, mb = config.train_config(), config.microbatch_size
@@ -939,25 +939,14 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     refs = stages.run("reference_models", lambda: _stacked_models(
         rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
         progress, "reference models", log, os.path.join(work, "reference"), dp, blocks))
-    pool = np.concatenate([eval_idx, split.auxiliary])
-    # The pool is every example (the split partitions the data): read x in place and
-    # reorder the [M, N] outputs, rather than copying x[pool].
-    whole = pool.size == x.shape[0]
-    sig = stages.run("reference_signals", lambda: blackbox_signals(
-        model, refs, x if whole else x[pool], y if whole else y[pool], microbatch_size=mb,
-        stacked=True, defenses=defenses, names=("scaled_logit", "confidence")))
-    if whole:
-      sig = {k: v[:, pool] for k, v in sig.items()}
-    ne = eval_idx.size
-    sl = sig["scaled_logit"][:, :ne]
+    sig = stages.run("reference_signals", lambda: pipeline.reference_signals(
+        model, refs, x, y, eval_idx, split.auxiliary, microbatch_size=mb, defenses=defenses))
     if views is not None:
-      sl = stages.run("lira_augmentations_reference", lambda: _views(
+      sig["scaled_logit"] = stages.run("lira_augmentations_reference", lambda: _views(
           model, refs, x[eval_idx], y[eval_idx], views, defenses, mb, stacked=True))
-    return {"scaled_logit": sl, "confidence": sig["confidence"][:, :ne],
-            "confidence_z": sig["confidence"][:, ne:], "keep": keep,
-            "discrete": bool(defenses), "fields": {"num_reference": config.num_reference,
-                                                    **({"reference_blocks": blocks}
-                                                       if len(blocks) > 1 else {})}}
+    return {**sig, "keep": keep, "discrete": bool(defenses),
+            "fields": {"num_reference": config.num_reference,
+                       **({"reference_blocks": blocks} if len(blocks) > 1 else {})}}
 
   def shadow():
     return shadow_side(config, rd, setup, target, defenses, stages, work, progress, log, dp)
@@ -965,13 +954,12 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
   def whitebox():
     # The white-box attacks' shadow target (Stolen Memories' shadow setting and Nasr et
     # al.) is one model trained with the same data and seed: trained once, saved for resuming.
-    return {"model": model, "target": target, "aux_x": x[split.auxiliary],
-            "aux_y": y[split.auxiliary], "target_train_size": setup.target_size,
-            "train_config": tcfg, "seed": config.seed, "progress": progress, "log": log,
-            "work_dir": work, "num_eval": int(eval_idx.size),
-            "train_shadow": _whitebox_shadow_trainer(
-                rd, "whitebox_shadow", model, tcfg, train_one, progress, log,
-                os.path.join(work, "whitebox_shadow"))}
+    return pipeline.whitebox_inputs(
+        model, target, x, y, split.auxiliary, target_train_size=setup.target_size,
+        train_config=tcfg, seed=config.seed, num_eval=eval_idx.size, log=log,
+        progress=progress, work_dir=work, train_shadow=_whitebox_shadow_trainer(
+            rd, "whitebox_shadow", model, tcfg, train_one, progress, log,
+            os.path.join(work, "whitebox_shadow")))
 
   return AttackerSide({"reference": reference, "shadow": shadow, "whitebox": whitebox})
 
@@ -1051,7 +1039,7 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
   scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
   warnings: list[str] = []
-  for attack in pipeline.select(config.attacks):
+  for attack in registry.select(config.attacks):
     s, subs, entry = stages.run(attack.name.replace("-", "_"), lambda a=attack: pipeline.run_one(
         a, config, side, signals, is_member))
     scores[attack.name] = s

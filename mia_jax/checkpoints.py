@@ -245,9 +245,9 @@ def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, lo
   """``c -> AttackerSide`` of checkpoint c of a run: the reference models saved after the
   same epoch (their signals for every checkpoint from one vmapped pass over the C x M
   models), and the white-box attacker's auxiliary data and recipe."""
+  from mia_jax import pipeline
   from mia_jax.attacks.base import AttackerSide
   from mia_jax.audit import reference_keep
-  from mia_jax.signals import blackbox_signals
   from mia_jax.train import load_variables
   x, y, model, aux = setup.x, setup.y, setup.model, setup.split.auxiliary
   memo: dict[str, Any] = {}
@@ -259,33 +259,26 @@ def _run_side_of(config, setup, stacked, names, ev, ref_dir, microbatch_size, lo
       each = [load_variables(os.path.join(ref_dir, n.split("[")[0]), like=like)[0]
               for n in names]  # reading C checkpoints from disk
       refs = jax.tree.map(lambda *a: np.concatenate(a), *each)  # [C * M] models
-      pool = np.concatenate([ev, aux])
-      r = blackbox_signals(model, refs, x[pool], y[pool], stacked=True,
-                           microbatch_size=microbatch_size, defenses=config.defenses,
-                           names=("scaled_logit", "confidence"))
-      ne = ev.size
-      memo["ref"] = {k: r[k].reshape(len(names), m, -1) for k in ("scaled_logit", "confidence")}
-      memo["keep"] = reference_keep(config, ne)
+      r = pipeline.reference_signals(model, refs, x, y, ev, aux,
+                                     microbatch_size=microbatch_size, defenses=config.defenses)
+      memo["ref"] = {k: v.reshape(len(names), m, -1) for k, v in r.items()}
+      memo["keep"] = reference_keep(config, ev.size)
       log(f"reference signals of {len(names)} x {m} reference models")
     return memo["ref"], memo["keep"]
 
   def side(c):
     def reference():
       r, keep = references()
-      ne = keep.shape[1]
-      return {"scaled_logit": r["scaled_logit"][c, :, :ne],
-              "confidence": r["confidence"][c, :, :ne],
-              "confidence_z": r["confidence"][c, :, ne:], "keep": keep,
+      return {**{k: v[c] for k, v in r.items()}, "keep": keep,
               "discrete": bool(config.defenses),
               "fields": {"num_reference": config.num_reference}}
 
     return AttackerSide({
         "reference": reference, "shadow": shadow,
-        "whitebox": lambda: {
-            "model": model, "target": jax.tree.map(lambda a: a[c], stacked),
-            "aux_x": x[aux], "aux_y": y[aux], "target_train_size": setup.target_size,
-            "train_config": config.train_config(), "seed": config.seed, "log": log,
-            "num_eval": int(ev.size)}})
+        "whitebox": lambda: pipeline.whitebox_inputs(
+            model, jax.tree.map(lambda a: a[c], stacked), x, y, aux,
+            target_train_size=setup.target_size, train_config=config.train_config(),
+            seed=config.seed, num_eval=ev.size, log=log)})
   return side
 
 
@@ -311,12 +304,9 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   from mia_jax import pipeline
   from mia_jax._io import read_json, write_npz_atomic
   from mia_jax.attacks import registry
-  from mia_jax.attacks.base import Lazy
-  from mia_jax.attacks.shokri import predict_probs
   from mia_jax.audit import (SCHEMA_VERSION, Stages, device_info, prepare, shadow_side, versions,
                              write_json_atomic)
   from mia_jax.rundir import RunDir, check_out_path
-  from mia_jax.signals import blackbox_signals
   run_dir = check_out_path(run_dir, "run")
   cfg_path = os.path.join(run_dir, "config.json")
   if not os.path.exists(cfg_path):
@@ -352,20 +342,9 @@ def attack_run(run_dir: str, *, checkpoints: str | None = None,
   metrics, sig = attack_checkpoints(setup.model, stacked, xe, ye, is_member, attacks=(),
                                     microbatch_size=microbatch_size, defenses=config.defenses,
                                     return_signals=True)
-  from mia_jax.whitebox import gradient_norms
-  signals = Lazy({
-      **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
-                                           "correctness", "scaled_logit")},
-      "confidence_z": lambda: blackbox_signals(
-          setup.model, stacked, setup.x[aux], setup.y[aux], stacked=True,
-          microbatch_size=microbatch_size, defenses=config.defenses)["confidence"],
-      "gradient_norms": lambda: gradient_norms(setup.model, stacked, xe, ye, stacked=True,
-                                               microbatch_size=min(microbatch_size, 256)),
-      "probs": lambda: predict_probs(setup.model, stacked, xe, stacked=True,
-                                     defenses=config.defenses, microbatch_size=microbatch_size),
-      "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
-      "models": lambda: (setup.model, stacked, xe, ye),
-  }, "checkpoint signals")
+  signals = pipeline.checkpoint_signals(setup.model, stacked, sig, setup.x, setup.y, ev, aux,
+                                        microbatch_size=microbatch_size,
+                                        defenses=config.defenses)
   with RunDir.open(run_dir, command="attack", log=log, refuse_finished=False) as rd:
     from mia_jax.defenses import parse_defenses
     last = jax.tree.map(lambda a: a[-1], stacked)

@@ -35,7 +35,7 @@ import numpy as np
 from mia_jax._validation import (MiaInputError, as_array, as_bool, check_finite, check_in_range,
                                  check_keep_shape, check_labels, check_membership,
                                  check_positive_int)
-from mia_jax.audit import BLACKBOX_ATTACKS, REFERENCE_ATTACKS, REPORT_FPRS, SCHEMA_VERSION
+from mia_jax.audit import BLACKBOX_ATTACKS, REFERENCE_ATTACKS, SCHEMA_VERSION
 
 __all__ = ["evaluate", "EvaluateResult", "load_signals", "OUTPUT_KINDS", "SIGNAL_KEYS",
            "SCORE_ATTACKS"]
@@ -443,6 +443,7 @@ def evaluate(*, is_member: Any, logits: Any = None, losses: Any = None, labels: 
 
   from mia_jax._io import hash_arrays
   from mia_jax import pipeline
+  from mia_jax.attacks import registry
   from mia_jax.attacks.base import AttackerSide, Lazy
   from mia_jax.audit import device_info, versions
 
@@ -483,7 +484,7 @@ def evaluate(*, is_member: Any, logits: Any = None, losses: Any = None, labels: 
   options = {"rmia_offline_a": a_off}
   scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
-  for attack in pipeline.select(chosen):
+  for attack in registry.select(chosen):
     t0 = time.perf_counter()
     scores[attack.name], _, attacks_out[attack.name] = pipeline.run_one(
         attack, options, side, signals, inp.is_member)

@@ -11,7 +11,7 @@ have their own compiled, microbatched loops) is scored per checkpoint.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -180,6 +180,60 @@ def run_stacked(attack: Attack, options: Any, side_of: Callable[[int], AttackerS
   return scores, subs, [o[2] for o in outs]
 
 
-def select(chosen: Sequence[str]) -> tuple[Attack, ...]:
-  from mia_jax.attacks import registry
-  return registry.select(chosen)
+# -- attacker-side and target inputs shared by the audit, attack_run and attack_model -------------
+
+def reference_signals(model, refs, x, y, candidates: np.ndarray, population: np.ndarray, *,
+                      microbatch_size: int, defenses=()) -> dict[str, np.ndarray]:
+  """What LiRA and RMIA read of M stacked reference models: ``scaled_logit`` and
+  ``confidence`` ``[M, n]`` on the n candidates and ``confidence_z`` ``[M, Z]`` on RMIA's
+  population, from one stacked pass that returns only those two signals. When candidates
+  and population are every example, ``x`` is read in place and the outputs reordered
+  (no copy of ``x[pool]``)."""
+  from mia_jax.signals import blackbox_signals
+  pool = np.concatenate([candidates, population])
+  whole = pool.size == x.shape[0] and np.array_equal(np.sort(pool), np.arange(x.shape[0]))
+  sig = blackbox_signals(model, refs, x if whole else x[pool], y if whole else y[pool],
+                         stacked=True, microbatch_size=microbatch_size, defenses=defenses,
+                         names=("scaled_logit", "confidence"))
+  if whole:
+    sig = {k: v[:, pool] for k, v in sig.items()}
+  n = candidates.size
+  return {"scaled_logit": sig["scaled_logit"][:, :n], "confidence": sig["confidence"][:, :n],
+          "confidence_z": sig["confidence"][:, n:]}
+
+
+def whitebox_inputs(model, target, x, y, auxiliary: np.ndarray, *, target_train_size: int,
+                    train_config, seed: int, num_eval: int, log, progress=None,
+                    work_dir: str | None = None, train_shadow=None) -> dict[str, Any]:
+  """The ``"whitebox"`` attacker side (see :class:`mia_jax.attacks.base.AttackerSide`)."""
+  return {"model": model, "target": target, "aux_x": x[auxiliary], "aux_y": y[auxiliary],
+          "target_train_size": int(target_train_size), "train_config": train_config,
+          "seed": seed, "progress": progress, "log": log, "work_dir": work_dir,
+          "num_eval": int(num_eval), "train_shadow": train_shadow}
+
+
+def checkpoint_signals(model, stacked, sig: Mapping[str, np.ndarray], x, y,
+                       evaluation: np.ndarray, population: np.ndarray, *,
+                       microbatch_size: int, defenses=()):
+  """The target signals of C stacked checkpoints (``[C, N]`` each, computed on first use)
+  on the evaluation examples, given their black-box signals ``sig`` (``[C, N]``)."""
+  from mia_jax.attacks.base import Lazy
+  from mia_jax.attacks.shokri import predict_probs
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.whitebox import gradient_norms
+  xe, ye = x[evaluation], y[evaluation]
+  c = np.shape(sig["loss"])[0]
+  return Lazy({
+      **{k: (lambda k=k: sig[k]) for k in ("loss", "confidence", "entropy", "modified_entropy",
+                                           "correctness", "scaled_logit")},
+      "confidence_z": lambda: blackbox_signals(
+          model, stacked, x[population], y[population], stacked=True,
+          microbatch_size=microbatch_size, defenses=defenses,
+          names=("confidence",))["confidence"],
+      "probs": lambda: predict_probs(model, stacked, xe, stacked=True, defenses=defenses,
+                                     microbatch_size=microbatch_size),
+      "labels": lambda: np.broadcast_to(ye, (c, ye.shape[0])),
+      "models": lambda: (model, stacked, xe, ye),
+      "gradient_norms": lambda: gradient_norms(model, stacked, xe, ye, stacked=True,
+                                               microbatch_size=min(microbatch_size, 256)),
+  }, "checkpoint signals")

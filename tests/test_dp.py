@@ -377,3 +377,29 @@ def test_tpr_bound_at_zero_fpr_with_an_overflowing_epsilon_is_delta_not_nan():
     got = dp.tpr_bound(np.array([0.0, 1e-3]), 800.0, 1e-5)  # e^800 overflows
   np.testing.assert_allclose(got, [1e-5, 1.0])
   assert dp.tpr_bound(0.0, 1.0, 1e-5) == pytest.approx(1e-5)
+
+
+def test_stacked_dp_training_of_a_users_linen_model_equals_one_at_a_time():
+  """The same on a model written as a user writes it (plain flax.linen, from_linen)."""
+  import flax.linen as nn
+  from mia_jax.models import from_linen
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Dense(features=8)(x.reshape((x.shape[0], -1))))
+      return nn.Dense(features=K)(x)
+
+  model = from_linen(MLP(), input_shape=(D,), num_classes=K)
+  x, y = _data(40)
+  keep = np.zeros((2, 40), bool)
+  keep[0, :15], keep[1, 10:] = True, True
+  kw = dict(config=TrainConfig(optimizer="adam", learning_rate=0.01, epochs=2, batch_size=8),
+            noise_multiplier=1.0, clip_norm=0.5)
+  stacked = dp.train_models_dp(model, x, y, keep, seed=3, **kw)
+  for m in range(2):
+    alone = dp.train_model_dp(model, x, y, indices=np.flatnonzero(keep[m]), seed=(3, m), **kw)
+    # as test_stacked_dp_training_equals_one_model_at_a_time: float32 rounding of the
+    # vmapped program only
+    np.testing.assert_allclose(_flat(jax.tree.map(lambda a, m=m: a[m], stacked.variables)),
+                               _flat(alone.variables), rtol=1e-5, atol=1e-6)

@@ -135,10 +135,6 @@ class Lazy(Mapping):
   def __len__(self) -> int:
     return len(self._providers)
 
-  def computed(self) -> dict[str, Any]:
-    """The values computed so far."""
-    return dict(self._values)
-
 
 class AttackerSide(Lazy):
   """What the attacker has before looking at the target's evaluation outputs.
