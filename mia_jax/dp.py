@@ -170,13 +170,17 @@ def poisson_batches(members: np.ndarray, rate: float, steps: int,
 
 @functools.lru_cache(maxsize=16)
 def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size: int | None,
-                       stacked: bool = False):
+                       stacked: bool = False, planted: bool = False):
   """Jitted DP-SGD epoch ``(params, opt_state, key, x, y, idx[T, B'], w[T, B'], active[T],
-  clip_norm, noise_std) -> (params, opt_state, mean loss)``, and the optax transformation.
-  ``active[t]`` False skips step t (no update, no noise): the padding of a model with
-  fewer steps per epoch than the others it is stacked with. With ``stacked`` the epoch is
-  vmapped over a leading model axis of everything but the data. Cached on the recipe
-  without ``epochs`` (see :func:`mia_jax.train.program_key`)."""
+  clip_norm, noise_std, coords[P], sampled[T, P]) -> (params, opt_state, mean loss)``, and
+  the optax transformation. ``active[t]`` False skips step t (no update, no noise): the
+  padding of a model with fewer steps per epoch than the others it is stacked with. With
+  ``planted``, step t adds the gradient canaries ``clip_norm * e_coords[j]`` that were
+  sampled (``sampled[t, j]``) to the clipped sum before the noise (:mod:`mia_jax.canaries`);
+  without it they are ignored. With ``stacked`` the epoch is vmapped over a leading model
+  axis of everything but the data and the coordinates. Cached on the recipe without
+  ``epochs`` (see :func:`mia_jax.train.program_key`)."""
+  from jax.flatten_util import ravel_pytree
   tx = config.optimizer_fn()
   bsz = config.batch_size
 
@@ -184,16 +188,20 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
     logits, _ = model.apply_train({"params": params}, xi[None], ki)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
 
-  def epoch(params, opt_state, ekey, x_all, y_all, idx, w, active, clip_norm, noise_std):
+  def epoch(params, opt_state, ekey, x_all, y_all, idx, w, active, clip_norm, noise_std,
+            coords, sampled):
     def step(carry, batch):
       params, opt_state = carry
-      idx_b, w_b, on, t = batch
+      idx_b, w_b, on, t, sampled_t = batch
       skey = jax.random.fold_in(ekey, t)
       k_drop, k_noise = jax.random.split(skey)
       ex_keys = jax.random.split(k_drop, idx_b.shape[0])
       summed, loss_sum = clipped_grad_sum(example_loss, params,
                                           (x_all[idx_b], y_all[idx_b], ex_keys), w_b,
                                           clip_norm, microbatch_size)
+      if planted:  # gradient canaries: C at their coordinates, when sampled
+        flat, unravel = ravel_pytree(summed)
+        summed = unravel(flat.at[coords].add(clip_norm * sampled_t.astype(flat.dtype)))
       # Weight decay (data-independent) is in tx (TrainConfig.optimizer_fn).
       grads = jax.tree.map(lambda g: g / bsz, add_noise(summed, k_noise, noise_std))
       updates, new_opt = tx.update(grads, opt_state, params)
@@ -204,11 +212,11 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
 
     t = jnp.arange(idx.shape[0])
     (params, opt_state), (losses, counts) = jax.lax.scan(step, (params, opt_state),
-                                                         (idx, w, active, t))
+                                                         (idx, w, active, t, sampled))
     return params, opt_state, jnp.sum(losses) / jnp.maximum(jnp.sum(counts), 1.0)
 
   if stacked:
-    epoch = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0, 0, 0, None, None))
+    epoch = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0, 0, 0, None, None, None, 0))
   return jax.jit(epoch), tx
 
 
@@ -269,11 +277,22 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
             noise_multiplier: float, clip_norm: float, sampling: str,
             microbatch_size: int | None, stacked: bool,
             checkpoint_dir: str | None = None, progress=None,
-            description: str = "DP-SGD training") -> TrainResult:
+            description: str = "DP-SGD training", canaries=None) -> TrainResult:
   """DP-SGD of one model per (members, seed); ``stacked``: all of them in one vmapped
   program, each with exactly the batches, noise and dropout keys it gets alone. With
   ``checkpoint_dir`` the state is saved every epoch and an interrupted run resumes from
-  it (as :func:`mia_jax.train.train_models`: fingerprinted, the newest two kept)."""
+  it (as :func:`mia_jax.train.train_models`: fingerprinted, the newest two kept).
+
+  ``canaries`` ``(coords int[P], included bool[len(members), P])``: gradient canaries;
+  model m's included ones join its training set as examples (indices past ``x``'s rows
+  in the sampler, so they count in n and are Poisson-sampled like the data) whose clipped
+  gradient is planted, not computed."""
+  n_rows = x.shape[0]
+  coords = np.zeros((0,), np.int32)
+  if canaries is not None:
+    coords = np.asarray(canaries[0], np.int32)
+    inc = np.asarray(canaries[1], bool).reshape(len(members), coords.size)
+    members = [np.concatenate([m, n_rows + np.flatnonzero(i)]) for m, i in zip(members, inc)]
   schedules = [_Schedule(idx, config, s, sampling) for idx, s in zip(members, seeds)]
   cap = max(s.cap for s in schedules)
   steps = max(s.steps for s in schedules)
@@ -281,7 +300,8 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
     cap = -(-cap // microbatch_size) * microbatch_size
   else:
     microbatch_size = None
-  run, tx = _compiled_dp_epoch(model, program_key(config), microbatch_size, stacked)
+  run, tx = _compiled_dp_epoch(model, program_key(config), microbatch_size, stacked,
+                               canaries is not None)
   keys = [jax_key(s) for s in seeds]
   params = [model.init(jax.random.fold_in(k, 0))["params"] for k in keys]  # as mia_jax.train
   if stacked:
@@ -301,6 +321,8 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
                    "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
                    "members": hash_arrays(*members), "data": hash_arrays(x, y),
                    "model": repr(dict(model.spec))}
+    if canaries is not None:
+      fingerprint["gradient_canaries"] = hash_arrays(coords)
     start, saved = resume_state(checkpoint_dir, {"state": (params, opt_state), "losses": losses},
                                 fingerprint, "DP-SGD training")
     if saved is not None:
@@ -316,8 +338,14 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
     idx = np.zeros((len(seeds), steps, cap), np.int32)
     w = np.zeros((len(seeds), steps, cap), np.float32)
     active = np.zeros((len(seeds), steps), bool)
+    sampled = np.zeros((len(seeds), steps, coords.size), bool)
     for m, s in enumerate(schedules):
       i_m, w_m = s.epoch(e)
+      if coords.size:  # sampled gradient canaries leave the batch for the planted sum
+        virtual = (i_m >= n_rows) & (w_m > 0)
+        t_at, slot = np.nonzero(virtual)
+        sampled[m, t_at, i_m[t_at, slot] - n_rows] = True
+        i_m, w_m = np.where(virtual, 0, i_m), np.where(virtual, 0.0, w_m).astype(np.float32)
       idx[m, :i_m.shape[0], :i_m.shape[1]] = i_m
       w[m, :w_m.shape[0], :w_m.shape[1]] = w_m
       active[m, :s.steps] = True
@@ -325,7 +353,9 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
     args = (jnp.stack(ekeys), x_dev, y_dev, jnp.asarray(idx), jnp.asarray(w),
             jnp.asarray(active)) if stacked else (ekeys[0], x_dev, y_dev, jnp.asarray(idx[0]),
                                                   jnp.asarray(w[0]), jnp.asarray(active[0]))
-    params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std)
+    pm = jnp.asarray(sampled) if stacked else jnp.asarray(sampled[0])
+    params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std,
+                                  jnp.asarray(coords), pm)
     losses[:, e] = np.asarray(loss)
     check_converging(losses[:, e], description, e + 1, config)
     if checkpoint_dir is not None:
@@ -339,7 +369,8 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
                    noise_multiplier: float, clip_norm: float, seed: Seed = 0, indices=None,
                    sampling: str = "poisson", microbatch_size: int | None = None,
                    checkpoint_dir: str | None = None, progress=None,
-                   description: str = "DP-SGD training") -> TrainResult:
+                   description: str = "DP-SGD training", gradient_canaries=None
+                   ) -> TrainResult:
   """Trains one model with DP-SGD (see the module docstring).
 
   Args:
@@ -359,6 +390,10 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
     checkpoint_dir: optional directory for per-epoch training state; an interrupted run
       resumes from it with the same result.
     progress, description: an optional rich Progress and the bar's label (epochs).
+    gradient_canaries: optional ``(coords int[P], included bool[P])``: Dirac gradient
+      canaries (:mod:`mia_jax.canaries`); each included one is a training example (it
+      counts in n) whose clipped gradient ``clip_norm * e_coords[j]`` is planted in the
+      sum whenever Poisson sampling picks it.
 
   Returns:
     TrainResult(variables, losses[epochs]); the losses are the (non-private) mean
@@ -371,16 +406,49 @@ def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConf
       model, noise_multiplier, clip_norm, sampling, microbatch_size, config)
   x, y = check_model(model).check_inputs(x, y)
   indices = check_indices(indices, x.shape[0])
+  planted = _check_gradient_canaries(model, gradient_canaries, 1)
   return _run_dp(model, x, y, [indices], [seed], config, noise_multiplier, clip_norm,
                  sampling, microbatch_size, stacked=False, checkpoint_dir=checkpoint_dir,
-                 progress=progress, description=description)
+                 progress=progress, description=description, canaries=planted)
+
+
+def _check_gradient_canaries(model, gradient_canaries, num_models: int):
+  """``(coords int[P], included bool[num_models, P])`` checked against the model's
+  parameter count, or None."""
+  if gradient_canaries is None:
+    return None
+  try:
+    coords, included = gradient_canaries
+  except (TypeError, ValueError) as e:
+    raise MiaInputError("gradient_canaries: expected (coords, included)") from e
+  coords = np.asarray(coords)
+  included = np.asarray(included)
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(
+      jax.eval_shape(model.init, jax.random.key(0))["params"]))
+  if coords.ndim != 1 or not np.issubdtype(coords.dtype, np.integer) or coords.size == 0:
+    raise MiaInputError(f"gradient_canaries: coords must be a non-empty int[P], got "
+                        f"{coords.dtype}{list(coords.shape)}")
+  if coords.min() < 0 or coords.max() >= n_params or np.unique(coords).size != coords.size:
+    raise MiaInputError(f"gradient_canaries: coords must be distinct parameter coordinates "
+                        f"in [0, {n_params})")
+  if included.dtype != bool or included.size != num_models * coords.size:
+    raise MiaInputError(f"gradient_canaries: included must be bool[{num_models}, "
+                        f"{coords.size}], got {included.dtype}{list(included.shape)}")
+  return coords, included.reshape(num_models, coords.size)
+
+
+def initial_params(model: LayeredModel, seed: Seed):
+  """The parameters DP-SGD (and :func:`mia_jax.train.train_model`) starts from with
+  ``seed``: what a white-box auditor of gradient canaries compares the final ones to."""
+  return model.init(jax.random.fold_in(jax_key(seed), 0))["params"]
 
 
 def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = TrainConfig(),
                     noise_multiplier: float, clip_norm: float, seed: int = 0,
                     sampling: str = "poisson", microbatch_size: int | None = None,
                     first_model: int = 0, checkpoint_dir: str | None = None, progress=None,
-                    description: str = "DP-SGD training") -> TrainResult:
+                    description: str = "DP-SGD training", gradient_canaries=None
+                    ) -> TrainResult:
   """Trains M models at once with DP-SGD, model m on the rows where ``keep[m]`` is True,
   with seed ``(seed, first_model + m)`` (as :func:`mia_jax.train.train_models`).
 
@@ -388,6 +456,9 @@ def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = Tr
   ``train_model_dp(..., indices=flatnonzero(keep[m]), seed=(seed, first_model + m))``
   gives it alone; only float32 rounding of the vmapped program differs. Its privacy is
   that model's own (its n_m = keep[m].sum() members set its sampling rate).
+
+  ``gradient_canaries`` ``(coords int[P], included bool[M, P])``: as for
+  :func:`train_model_dp`, model m planting the canaries ``included[m]`` marks.
 
   Returns:
     TrainResult with stacked variables (leading axis M) and losses[M, epochs].
@@ -407,9 +478,10 @@ def train_models_dp(model: LayeredModel, x, y, keep, *, config: TrainConfig = Tr
     raise MiaInputError(f"keep: model(s) {empty[:5].tolist()} have no training examples")
   members = [np.flatnonzero(k) for k in keep]
   seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
+  planted = _check_gradient_canaries(model, gradient_canaries, keep.shape[0])
   return _run_dp(model, x, y, members, seeds, config, noise_multiplier, clip_norm, sampling,
                  microbatch_size, stacked=True, checkpoint_dir=checkpoint_dir, progress=progress,
-                 description=description)
+                 description=description, canaries=planted)
 
 
 # -- accounting ----------------------------------------------------------------------------
