@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -27,7 +28,8 @@ from mia_jax._validation import MiaInputError, check_in_range, check_positive_in
 from mia_jax.attacks import registry  # noqa: E402
 from mia_jax.pipeline import REPORT_FPRS  # noqa: F401 (re-exported)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: adds ``privacy_audit`` (canaries and empirical epsilon); version 1 files stay readable."""
 # The built-in attacks by family (the registry is the list; these are its names at import).
 BLACKBOX_ATTACKS = registry.names("threshold")
 REFERENCE_ATTACKS = registry.names("reference")
@@ -91,7 +93,20 @@ class AuditConfig:
     bootstrap_resamples: resamples for every attack's bootstrap confidence intervals of
       AUC and TPR at each reported FPR (stratified percentile bootstrap over the
       evaluation examples, :func:`mia_jax.metrics.bootstrap_ci`); 0 skips them.
-    confidence: the intervals' coverage, in (0, 1).
+    confidence: the intervals' coverage, in (0, 1); with canaries also the confidence of
+      the epsilon lower bounds (then in (0.5, 1)).
+    canaries: N > 0 inserts N canaries (:mod:`mia_jax.canaries`), each into the target's
+      training set with probability 1/2 (seeded, saved in ``canaries.npz``); every
+      attack scores them and ``results["privacy_audit"]`` holds the empirical epsilon
+      lower bounds of :mod:`mia_jax.privacy_audit` on its guesses, beside the theoretical
+      epsilon. 0: no canaries, no bounds.
+    canary_kind: "mislabeled", "ood", "input-space" or "gradient" (DP-SGD only: scored by
+      the white-box ``gradient-canary`` attack on the final weights).
+    canary_runs: R training runs of the target, each with its own coin flips for every
+      canary (run 0 is the target the attacks report on; runs 1..R-1 train stacked). 1 is
+      the one-run audit (Steinke et al. 2023); R > 1 pools R x N guesses.
+    estimators: the epsilon estimators (:data:`mia_jax.privacy_audit.ESTIMATORS`; None:
+      all). Needs canaries.
   """
   dataset: str = "digits"
   dataset_options: dict = dataclasses.field(default_factory=dict)
@@ -126,6 +141,10 @@ class AuditConfig:
   microbatch_size: int = 512
   bootstrap_resamples: int = 200
   confidence: float = 0.95
+  canaries: int = 0
+  canary_kind: str = "mislabeled"
+  canary_runs: int = 1
+  estimators: tuple[str, ...] | None = None
 
   def __post_init__(self):
     _coerce_fields(self)
@@ -171,6 +190,39 @@ class AuditConfig:
     check_in_range(self.confidence, "confidence", 0, 1, low_open=True, high_open=True)
     check_positive_int(self.num_proxies, "num_proxies")
     check_positive_int(self.path_steps, "path_steps", minimum=0)
+    self._check_canaries()
+
+  def _check_canaries(self) -> None:
+    from mia_jax import canaries, privacy_audit
+    if self.canary_kind not in canaries.CANARY_KINDS:
+      raise MiaInputError(f"canary_kind: expected one of {canaries.CANARY_KINDS}, got "
+                          f"{self.canary_kind!r}")
+    check_positive_int(self.canaries, "canaries", minimum=0)
+    check_positive_int(self.canary_runs, "canary_runs")
+    if self.canaries == 0:
+      if self.estimators is not None:
+        raise MiaInputError(
+            "estimators: the epsilon lower bounds are computed on canaries (examples "
+            "included at random); add --canaries N (e.g. 500)")
+      if self.canary_runs != 1:
+        raise MiaInputError("canary_runs: several training runs audit canaries; add "
+                            "--canaries N")
+      return
+    if self.canaries < canaries.MIN_CANARIES:
+      raise MiaInputError(f"canaries: at least {canaries.MIN_CANARIES}, got {self.canaries}")
+    if self.estimators is not None:
+      object.__setattr__(self, "estimators", privacy_audit.check_estimators(self.estimators))
+    privacy_audit.check_confidence(self.confidence)
+    if self.canary_kind == "gradient" and not self.uses_dp:
+      raise MiaInputError(
+          "canary_kind: 'gradient' canaries are planted in DP-SGD's clipped-gradient sum; "
+          "train with DP-SGD (--dp-epsilon, or --noise-multiplier; --noise-multiplier 0 "
+          "clips without noise)")
+
+  @property
+  def audit_estimators(self) -> tuple[str, ...]:
+    from mia_jax.privacy_audit import ESTIMATORS
+    return ESTIMATORS if self.estimators is None else tuple(self.estimators)
 
   @property
   def uses_dp(self) -> bool:
@@ -189,6 +241,7 @@ class AuditConfig:
     d["layers"] = list(self.layers) if self.layers is not None else None
     d["gradient_layers"] = (list(self.gradient_layers) if self.gradient_layers is not None
                             else None)
+    d["estimators"] = list(self.estimators) if self.estimators is not None else None
     return d
 
 
@@ -196,16 +249,17 @@ _FLOATS = ("learning_rate", "weight_decay", "target_precision", "target_fpr", "r
            "clip_norm", "delta", "shadow_noise", "confidence")
 _OPTIONAL_FLOATS = ("dp_epsilon", "noise_multiplier")
 _INTS = ("epochs", "batch_size", "num_proxies", "path_steps", "num_reference", "num_shadow",
-         "seed", "microbatch_size", "bootstrap_resamples")
+         "seed", "microbatch_size", "bootstrap_resamples", "canaries", "canary_runs")
 _OPTIONAL_INTS = ("target_size",)
 _STRS = ("dataset", "model", "optimizer", "whitebox_setting", "shadow_source",
-         "lira_augmentations")
+         "lira_augmentations", "canary_kind")
 _NAME_LISTS = ("attacks", "defenses")
-_OPTIONAL_NAME_LISTS = ("layers", "gradient_layers")
+_OPTIONAL_NAME_LISTS = ("layers", "gradient_layers", "estimators")
 _MAPPINGS = ("dataset_options", "model_options")
 _AT_MOST = {"epochs": 1_000_000, "batch_size": 1 << 24, "microbatch_size": 1 << 24,
             "num_proxies": 1024, "path_steps": 100_000, "num_reference": 65_536,
-            "num_shadow": 65_536, "target_size": 1 << 40, "bootstrap_resamples": 100_000}
+            "num_shadow": 65_536, "target_size": 1 << 40, "bootstrap_resamples": 100_000,
+            "canaries": 1 << 24, "canary_runs": 4096}
 """Sanity bounds on counts: far above any real run, far below what would hang or
 overflow (a mistyped ``epochs: 1e9``)."""
 MAX_OPTION_NODES = 10_000
@@ -725,6 +779,8 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
         if os.path.exists(rd.file(name)):
           os.remove(rd.file(name))
     rd.check_data(hash_arrays(setup.x, setup.y), f"dataset {config.dataset!r}")
+    if checked.canaries is not None:
+      write_npz_atomic(rd.file("canaries.npz"), **checked.canaries.arrays())
     results_path = os.path.join(out_dir, "results.json")
     results = None
     if os.path.exists(results_path) and "results.json" in rd.manifest["entries"]:
@@ -735,7 +791,8 @@ def run_audit(config: AuditConfig, out_dir: str, *, overwrite: bool = False, pro
       except MiaInputError as e:
         log(f"resuming: {e}; computing the results again")
     if not isinstance(results, dict):
-      results = _run_audit(config, rd, setup, checked, stages, progress=progress, log=log)
+      results = _run_audit(config, rd, *_with_canaries(setup, checked.canaries), checked, stages,
+                           progress=progress, log=log)
     if report:
       from mia_jax.report import write_report
       for name in ("report.html", "report.md", "plots"):
@@ -749,6 +806,49 @@ class _Checked(NamedTuple):
   defenses: tuple
   views: Any
   dp_info: dict | None
+  canaries: Any = None  # mia_jax.canaries.Canaries, or None
+
+
+def _make_canaries(config: AuditConfig, setup: Setup):
+  """The audit's canaries (checked against the data and model first), or None."""
+  if not config.canaries:
+    return None
+  import jax
+
+  from mia_jax import canaries
+  from mia_jax.privacy_audit import require_auditing
+  require_auditing()
+  abstract = jax.eval_shape(setup.model.init, jax.random.key(0))
+  n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract.get("params", {})))
+  kw = dict(num_classes=setup.dataset.num_classes, feature_shape=setup.dataset.feature_shape)
+  canaries.check_request(config.canary_kind, config.canaries, config.canary_runs,
+                         target_size=setup.target_size, pool_size=setup.split.auxiliary.size,
+                         uses_dp=config.uses_dp, params_only=set(abstract) == {"params"},
+                         num_params=n_params, **kw)
+  quiet = None
+  if config.canary_kind == "gradient":  # the coordinates the attacker's data moves least
+    from mia_jax.dp import initial_params
+    aux = setup.split.auxiliary[:256]
+    quiet = canaries.quiet_coordinates(setup.model, initial_params(setup.model, config.seed),
+                                       setup.x[aux], setup.y[aux])
+  return canaries.make_canaries(config.canary_kind, config.canaries, config.canary_runs,
+                                x=setup.x, y=setup.y, pool=setup.split.auxiliary,
+                                num_classes=kw["num_classes"], seed=config.seed,
+                                num_params=n_params, coordinate_scores=quiet)
+
+
+def _with_canaries(setup: Setup, can) -> tuple[Setup, np.ndarray | None]:
+  """The setup with input canaries appended to the pooled data (their rows returned)
+  and mislabeled canaries' sources removed from the auxiliary data."""
+  if can is None or not can.is_input:
+    return setup, None
+  n0 = setup.x.shape[0]
+  x = np.concatenate([setup.x, can.x.astype(setup.x.dtype)])
+  y = np.concatenate([setup.y, can.y.astype(setup.y.dtype)])
+  split = setup.split
+  if can.source is not None:
+    split = split._replace(auxiliary=np.setdiff1d(split.auxiliary, can.source))
+  return setup._replace(x=x, y=y, split=split), np.arange(n0, n0 + can.count)
 
 
 def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
@@ -769,14 +869,18 @@ def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
                         f"[H, W, C]; dataset {ds.name!r} has features of shape "
                         f"{tuple(ds.feature_shape)}")
   dp_info = None
+  if config.uses_dp and set(jax.eval_shape(model.init, jax.random.key(0))) != {"params"}:
+    raise MiaInputError(f"dp_epsilon/noise_multiplier: DP-SGD needs per-example gradients, "
+                        f"but model {model.name!r} has non-parameter state (BatchNorm)")
+  can = _make_canaries(config, setup)
   if config.uses_dp:
-    if set(jax.eval_shape(model.init, jax.random.key(0))) != {"params"}:
-      raise MiaInputError(f"dp_epsilon/noise_multiplier: DP-SGD needs per-example gradients, "
-                          f"but model {model.name!r} has non-parameter state (BatchNorm)")
-    dp_info = _dp_setup(config, setup.target_size)
+    # Included canaries are training examples: the smallest training set of the runs
+    # (the largest sampling rate) gives the epsilon every run satisfies.
+    extra = 0 if can is None else int(can.included.sum(1).min())
+    dp_info = _dp_setup(config, setup.target_size + extra)
     log(f"DP-SGD: noise multiplier {dp_info['noise_multiplier']:.4f}, clip norm "
         f"{config.clip_norm}, epsilon {dp_info['epsilon']:.4g} at delta {config.delta}")
-  return _Checked(defenses, views, dp_info)
+  return _Checked(defenses, views, dp_info, can)
 
 
 def _config_changes(path: str, config: AuditConfig) -> tuple[dict, list[str]] | None:
@@ -918,13 +1022,15 @@ def _views(model, variables, x, y, views, defenses, mb, stacked):
 
 
 def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, checked: _Checked,
-                   stages: Stages, train_one, work: str, progress, log):
+                   stages: Stages, train_one, work: str, progress, log, base=None):
   """What the attacker has: reference models' and shadow models' signals (trained on first
-  use, reused when a run resumes) and the white-box attacker's data and shadow trainer."""
+  use, reused when a run resumes) and the white-box attacker's data and shadow trainer.
+  ``base`` (another target's side): its reference and shadow models are shared (they do
+  not depend on the target); only the white-box inputs are this target's."""
   from mia_jax import pipeline
   from mia_jax.attacks.base import AttackerSide
   x, y, split, model = setup.x, setup.y, setup.split, setup.model
-  defenses, views, dp_info = checked
+  defenses, views, dp_info = checked.defenses, checked.views, checked.dp_info
   tcfg, mb = config.train_config(), config.microbatch_size
   dp = None if dp_info is None else {"noise_multiplier": dp_info["noise_multiplier"],
                                      "clip_norm": config.clip_norm}
@@ -961,6 +1067,9 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
             rd, "whitebox_shadow", model, tcfg, train_one, progress, log,
             os.path.join(work, "whitebox_shadow")))
 
+  if base is not None:
+    return AttackerSide({"reference": lambda: base["reference"],
+                         "shadow": lambda: base["shadow"], "whitebox": whitebox})
   return AttackerSide({"reference": reference, "shadow": shadow, "whitebox": whitebox})
 
 
@@ -984,9 +1093,11 @@ def shadow_side(config: AuditConfig, rd, setup: Setup, target, defenses, stages:
   return {"probs": probs, "labels": sy, "keep": skeep, "log": log, "fields": fields}
 
 
-def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages: Stages, *,
-               progress, log: Callable[[str], None]) -> dict[str, Any]:
-  """Target, then the attacker's side, then every chosen attack from the registry."""
+def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | None,
+               checked: _Checked, stages: Stages, *, progress,
+               log: Callable[[str], None]) -> dict[str, Any]:
+  """Target, then the attacker's side, then every chosen attack from the registry (and,
+  with canaries, the privacy audit on their scores)."""
   import shutil
 
   import jax
@@ -997,17 +1108,22 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
 
   ds, x, y, split, model, n_target = setup
   tcfg = config.train_config()
-  defenses, views, dp_info = checked
+  defenses, views, dp_info, can = checked
   work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
-  def train_dp(xs, ys, indices, seed, checkpoint_dir=None):
+  def train_dp(xs, ys, indices, seed, checkpoint_dir=None, gradient_canaries=None):
     from mia_jax.dp import train_model_dp
     return train_model_dp(model, xs, ys, config=tcfg, noise_multiplier=dp_info["noise_multiplier"],
                           clip_norm=config.clip_norm, seed=seed, indices=indices,
                           checkpoint_dir=checkpoint_dir, progress=progress,
-                          description="DP-SGD training").variables
+                          description="DP-SGD training",
+                          gradient_canaries=gradient_canaries).variables
 
   train_one = train_dp if dp_info is not None else None
+  members = split.target_in
+  if canary_rows is not None:  # the included input canaries join run 0's training set
+    members = np.concatenate([members, canary_rows[can.included[0]]])
+  planted = (can.coords, can.included[0]) if can is not None and not can.is_input else None
 
   def train_target():
     like = jax.eval_shape(model.init, jax.random.key(0))
@@ -1015,44 +1131,62 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
     if variables is not None:
       return variables
     if train_one is not None:
-      variables = train_one(x, y, split.target_in, config.seed, os.path.join(work, "target"))
+      variables = train_one(x, y, members, config.seed, os.path.join(work, "target"), planted)
     else:
       variables = train_model(model, x, y, config=tcfg, seed=config.seed,
-                              indices=split.target_in, progress=progress, description="target",
+                              indices=members, progress=progress, description="target",
                               checkpoint_dir=os.path.join(work, "target")).variables
     _save(rd, "target", variables, {"model": dict(model.spec)})
     return variables
 
   target = stages.run("train_target", train_target)
-  eval_idx = np.concatenate([split.target_in, split.target_out])
+  n_eval = split.target_in.size + split.target_out.size
+  eval_idx = np.concatenate([split.target_in, split.target_out]
+                            + ([canary_rows] if canary_rows is not None else []))
   is_member = np.r_[np.ones(split.target_in.size, bool), np.zeros(split.target_out.size, bool)]
+  if canary_rows is not None:
+    is_member = np.r_[is_member, can.included[0]]
   signals = _target_signals(config, setup, target, eval_idx, defenses, views, stages)
   side = _attacker_side(config, rd, setup, target, eval_idx, checked, stages, train_one, work,
                         progress, log)
   # The target's accuracy is the model's own (argmax of its logits): defenses that round
   # or truncate probabilities may create ties the API's argmax breaks differently.
-  raw_correct = signals["correctness"] if not defenses else blackbox_signals(
-      model, target, x[eval_idx], y[eval_idx], microbatch_size=config.microbatch_size)["correctness"]
-  train_acc = float(raw_correct[is_member].mean())
-  test_acc = float(raw_correct[~is_member].mean())
+  raw_correct = (signals["correctness"] if not defenses else blackbox_signals(
+      model, target, x[eval_idx], y[eval_idx],
+      microbatch_size=config.microbatch_size)["correctness"])[:n_eval]
+  train_acc = float(raw_correct[is_member[:n_eval]].mean())
+  test_acc = float(raw_correct[~is_member[:n_eval]].mean())
 
   scores: dict[str, np.ndarray] = {}
+  canary_scores: dict[str, np.ndarray] = {}
   attacks_out: dict[str, Any] = {}
   warnings: list[str] = []
   for attack in registry.select(config.attacks):
     s, subs, entry = stages.run(attack.name.replace("-", "_"), lambda a=attack: pipeline.run_one(
-        a, config, side, signals, is_member))
-    scores[attack.name] = s
-    scores.update({f"{attack.name}/{k}": v for k, v in subs.items()})
+        a, config, side, signals, is_member, slice(0, n_eval)))
+    scores[attack.name] = s[:n_eval]
+    scores.update({f"{attack.name}/{k}": v[:n_eval] for k, v in subs.items()})
+    canary_scores[attack.name] = s[n_eval:]
     attacks_out[attack.name] = entry
     warnings += size_warnings(attack.name, entry.get("calibrated", {}), n_target, log)
 
-  write_npz_atomic(rd.file("scores.npz"), is_member=is_member,
-                   labels=y[eval_idx], **{f"score:{k}": v for k, v in scores.items()})
+  privacy = None
+  if can is not None:
+    privacy, canary_arrays = stages.run("privacy_audit", lambda: _privacy_audit(
+        config, rd, setup, checked, canary_rows, target, canary_scores, eval_idx, side,
+        train_one, stages, work, progress, log))
+    if privacy["warnings"]:
+      warnings += privacy["warnings"]
+      for w in privacy["warnings"]:
+        log(f"warning: {w}")
+  write_npz_atomic(rd.file("scores.npz"), is_member=is_member[:n_eval],
+                   labels=y[eval_idx[:n_eval]], **{f"score:{k}": v for k, v in scores.items()},
+                   **({} if privacy is None else canary_arrays))
   results = {
       "schema_version": SCHEMA_VERSION,
       "dataset": {"name": ds.name, "num_classes": ds.num_classes,
-                  "feature_shape": list(ds.feature_shape), "num_examples": x.shape[0],
+                  "feature_shape": list(ds.feature_shape),
+                  "num_examples": x.shape[0] - (0 if canary_rows is None else canary_rows.size),
                   "num_members": int(split.target_in.size),
                   "num_nonmembers": int(split.target_out.size),
                   "num_auxiliary": int(split.auxiliary.size)},
@@ -1071,6 +1205,84 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked, stages:
     results["warnings"] = warnings
   if dp_info is not None:
     results["dp"] = _dp_results(dp_info, attacks_out)
+  if privacy is not None:
+    privacy.pop("warnings")
+    results["privacy_audit"] = privacy
   write_json_atomic(rd.file("results.json"), results)
   shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
   return results
+
+
+def _privacy_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked,
+                   canary_rows: np.ndarray | None, target, run0_scores: dict[str, np.ndarray],
+                   eval_idx: np.ndarray, side, train_one, stages: Stages, work: str, progress,
+                   log) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """``results["privacy_audit"]`` and the canary arrays for scores.npz: every attack's
+  scores of the canaries in every run (run 0 is the audited target; runs 1..R-1 are
+  trained here, stacked, each with its own canary coins), and the epsilon lower bounds
+  on the pooled guesses (:func:`mia_jax.privacy_audit.audit_entry`)."""
+  from mia_jax import canaries, pipeline, privacy_audit
+  from mia_jax.dp import initial_params
+  can, dp_info = checked.canaries, checked.dp_info
+  x, y, split, model = setup.x, setup.y, setup.split, setup.model
+  runs = can.runs
+  per_run: dict[str, list[np.ndarray]] = {}
+  if can.is_input:
+    per_run = {k: [v] for k, v in run0_scores.items()}
+  else:
+    per_run["gradient-canary"] = [canaries.gradient_scores(
+        initial_params(model, config.seed), target["params"], can.coords)]
+  if runs > 1:
+    keep = np.zeros((runs - 1, x.shape[0]), bool)
+    keep[:, split.target_in] = True
+    if can.is_input:
+      for r in range(1, runs):
+        keep[r - 1, canary_rows[can.included[r]]] = True
+    dp = None if dp_info is None else {"noise_multiplier": dp_info["noise_multiplier"],
+                                       "clip_norm": config.clip_norm}
+    if dp is not None and not can.is_input:
+      dp["gradient_canaries"] = (can.coords, can.included[1:])
+    seed = int(np.random.default_rng(canaries.stream(config.seed, "canary-runs")).integers(2**31))
+    stack = stages.run("canary_runs", lambda: _stacked_models(
+        rd, "canary_runs", model, x, y, keep, config.train_config(), seed, progress,
+        "canary runs", log, os.path.join(work, "canary_runs"), dp))
+    import jax
+    for r in range(1, runs):
+      target_r = jax.tree.map(lambda a, r=r: a[r - 1], stack)
+      if not can.is_input:
+        per_run["gradient-canary"].append(canaries.gradient_scores(
+            initial_params(model, (seed, r - 1)), target_r["params"], can.coords))
+        continue
+      log(f"canary run {r + 1}/{runs}: scoring the canaries")
+      sig_r = _target_signals(config, setup, target_r, eval_idx, checked.defenses,
+                              checked.views, stages)
+      side_r = _attacker_side(config, rd, setup, target_r, eval_idx, checked, stages,
+                              train_one, os.path.join(work, f"canary_run_{r}"), progress, log,
+                              base=side)
+      n_eval = eval_idx.size - can.count
+      for attack in registry.select(config.attacks):
+        s, _, _ = pipeline.score_one(attack, config, side_r, sig_r)
+        per_run[attack.name].append(s[n_eval:])
+  arrays = {"canary_included": can.included}
+  attacks: dict[str, Any] = {}
+  warnings: list[str] = []
+  for name, rows in per_run.items():
+    mat = np.stack(rows)
+    arrays[f"canary:{name}"] = mat
+    try:
+      attacks[name] = privacy_audit.audit_entry(
+          mat, can.included, estimators=config.audit_estimators, confidence=config.confidence,
+          delta=config.delta)
+    except MiaInputError as e:
+      warnings.append(f"{name}: no epsilon bound ({e})")
+  theoretical = math.inf if dp_info is None else dp_info["epsilon"]  # no DP: no bound
+  out = {
+      "canaries": {"kind": can.kind, "count": can.count, "runs": runs,
+                   "included": [int(v) for v in can.included.sum(1)]},
+      "mode": "one-run" if runs == 1 else "several-run",
+      "confidence": float(config.confidence), "delta": float(config.delta),
+      "estimators": list(config.audit_estimators),
+      "theoretical_epsilon": theoretical if math.isfinite(theoretical) else "inf",
+      "attacks": attacks, "warnings": warnings,
+  }
+  return out, arrays

@@ -152,7 +152,22 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
       help="resamples for each attack's bootstrap confidence intervals of AUC and TPR at "
            "each reported FPR (0: none)")
   arg("--confidence", key="confidence", type=float,
-      help="coverage of the confidence intervals, in (0, 1)")
+      help="coverage of the confidence intervals, in (0, 1); with --canaries also the "
+           "confidence of the epsilon lower bounds, in (0.5, 1)")
+  arg("--canaries", key="canaries", type=int,
+      help="insert N canaries, each into the target's training set with probability 1/2, "
+           "and report every attack's empirical epsilon lower bound on them (0: none)")
+  arg("--canary-kind", key="canary_kind",
+      choices=["mislabeled", "ood", "input-space", "gradient"],
+      help="real examples with a wrong label, out-of-distribution inputs, crafted inputs "
+           "along the data's least-varying directions, or (DP-SGD) Dirac gradients planted "
+           "in the clipped sum")
+  arg("--canary-runs", key="canary_runs", type=int,
+      help="training runs of the target for the canary audit (1: one-run audit; R > 1 "
+           "trains R-1 more, stacked, each with its own canary coins, and pools the guesses)")
+  arg("--estimators", key="estimators", type=_csv,
+      help="epsilon estimators, comma-separated: clopper-pearson, one-run, one-run-fdp "
+           "(None: all; needs --canaries)")
 
 
 def config_keys() -> tuple[str, ...]:

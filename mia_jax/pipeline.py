@@ -95,19 +95,29 @@ def _side_fields(attack: Attack, side: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def run_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[str, Any],
-            is_member: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-  """``(scores float64[N], sub-scores, result entry)`` of one attack on one target."""
+def score_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[str, Any]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+  """``(scores float64[N], sub-scores, fields)`` of one attack on one target."""
   config = attack.configure(options)
   state = attack.fit(config, side)
   scores, subs, fields = attack.evaluate(config, state, signals)
-  scores = np.asarray(scores, np.float64)
-  subs = {k: np.asarray(v, np.float64) for k, v in subs.items()}
+  return (np.asarray(scores, np.float64), {k: np.asarray(v, np.float64) for k, v in subs.items()},
+          {**_side_fields(attack, side), **fields})
+
+
+def run_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[str, Any],
+            is_member: np.ndarray, evaluated: slice | None = None
+            ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+  """``(scores float64[N], sub-scores, result entry)`` of one attack on one target; the
+  entry's metrics are on the rows ``evaluated`` (default all; an audit's canaries are
+  scored with the rest but measured apart)."""
+  scores, subs, fields = score_one(attack, options, side, signals)
+  rows = slice(None) if evaluated is None else evaluated
   resamples = int(option(options, "bootstrap_resamples", 0) or 0)
   ci = (dict(resamples=resamples, confidence=float(option(options, "confidence", 0.95)),
              seed=int(option(options, "seed", 0))) if resamples else None)
-  return scores, subs, entry(scores, subs, {**_side_fields(attack, side), **fields}, is_member,
-                             ci)
+  return scores, subs, entry(scores[rows], {k: v[rows] for k, v in subs.items()}, fields,
+                             np.asarray(is_member)[rows], ci)
 
 
 def _needed(attack: Attack, signals: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from mia_jax._validation import MiaInputError
 
 __all__ = ["write_report", "PLOT_FILES"]
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 # (results.json key, column header) of the TPR-at-low-FPR columns.
 TPR_COLUMNS = (("0.1", "TPR@10%"), ("0.01", "TPR@1%"), ("0.001", "TPR@0.1%"),
                ("0.0001", "TPR@0.01%"))
@@ -48,6 +48,7 @@ PLOT_FILES = {
     "per_class_auc.png": "per-class AUC heatmap",
     "per_class_scatter.png": "per-class AUC vs members of the class",
     "dp.png": "attack accuracy vs epsilon with the DP bounds",
+    "privacy_audit.png": "empirical epsilon lower bound of each attack by estimator",
     "timings.png": "seconds per audit stage",
 }
 WHITEBOX = "stolen-memories"
@@ -886,6 +887,128 @@ def _dp_section(run: _Run, dpi: int) -> list[_Block]:
   return blocks
 
 
+def plot_empirical_epsilon(points: Sequence[tuple[str, float, float]], *, dpi: int = 100,
+                           title: str | None = None) -> bytes:
+  """PNG of empirical epsilon lower bounds against theoretical epsilon, with the diagonal
+  (a valid audit stays on or below it). ``points``: ``(series, theoretical, empirical)``;
+  a series is one line (an attack, or attack and estimator). Points without DP
+  (theoretical inf) sit at a column of their own on the right, marked "no DP"."""
+  series: dict[str, list[tuple[float, float]]] = {}
+  for name, theo, emp in points:
+    series.setdefault(name, []).append((float(theo), float(emp)))
+  fin = [t for _, t, _ in points if math.isfinite(t)]
+  has_inf = any(not math.isfinite(t) for _, t, _ in points)
+  top_fin = max(fin) if fin else 1.0
+  x_inf = top_fin * 1.35 if fin else 1.0
+  fig = _figure((8.5, 6.0))
+  ax = fig.add_subplot()
+  emp_max = max([e for _, _, e in points] + [0.0])
+  if fin:
+    grid = np.linspace(0.0, top_fin * 1.1, 50)
+    ax.plot(grid, grid, color="black", lw=1.2, label="empirical = theoretical")
+  for i, (name, pts) in enumerate(series.items()):
+    st = _style(i)
+    f = sorted(p for p in pts if math.isfinite(p[0]))
+    if f:
+      ax.plot([p[0] for p in f], [p[1] for p in f], marker="o", ms=5, lw=1.4, label=name, **st)
+    inf = [p for p in pts if not math.isfinite(p[0])]
+    if inf:
+      ax.plot([x_inf] * len(inf), [p[1] for p in inf], marker="s", ms=6, linestyle="none",
+              color=st["color"], label=None if f else name)
+  if has_inf:
+    ax.axvline(x_inf * 0.93 if fin else 0.5, color="0.6", lw=0.8, linestyle=":")
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= top_fin * 1.1] if fin else []
+    ax.set_xticks(ticks + [x_inf], [f"{t:g}" for t in ticks] + ["no DP"])
+  ax.set_ylim(0.0, max(1.0, emp_max * 1.15, (top_fin * 1.1) if fin else 0.0))
+  ax.set_xlabel("theoretical epsilon (accountant)")
+  ax.set_ylabel("empirical epsilon lower bound")
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(True, alpha=0.3)
+  handles, labels = ax.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8.5, frameon=False)
+  return _png(fig, dpi)
+
+
+def _plot_audit_bars(values: dict[str, dict[str, float]], estimators: Sequence[str],
+                     theoretical: float, dpi: int) -> bytes:
+  """Grouped horizontal bars: each attack's lower bound per estimator, and the theoretical
+  epsilon as a vertical line (a valid audit stays left of it)."""
+  names = list(values)
+  fig = _figure((8.5, 1.2 + 0.55 * len(names) * max(1, len(estimators)) ** 0.5))
+  ax = fig.add_subplot()
+  h = 0.8 / max(1, len(estimators))
+  for j, est in enumerate(estimators):
+    ys = [i + (j - (len(estimators) - 1) / 2) * h for i in range(len(names))]
+    ax.barh(ys, [values[n].get(est, np.nan) for n in names], height=h * 0.9,
+            color=_COLORS[j % len(_COLORS)], label=est)
+  if math.isfinite(theoretical):
+    ax.axvline(theoretical, color="black", lw=1.5, linestyle="--",
+               label=f"theoretical epsilon {theoretical:.3g}")
+  ax.set_yticks(range(len(names)), names)
+  ax.invert_yaxis()
+  ax.set_xlabel("empirical epsilon lower bound")
+  ax.set_xlim(0.0, max([1.0] + [v * 1.1 for d in values.values() for v in d.values()
+                                if np.isfinite(v)]
+                       + ([theoretical * 1.1] if math.isfinite(theoretical) else [])))
+  ax.grid(True, axis="x", alpha=0.3)
+  handles, labels = ax.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8.5, frameon=False)
+  return _png(fig, dpi)
+
+
+def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
+  pa = run.results.get("privacy_audit")
+  if not isinstance(pa, dict):
+    return []
+  blocks = [_Block("h2", "Privacy audit: empirical epsilon from canaries")]
+  can = pa.get("canaries") or {}
+  theo = _eps_value(pa.get("theoretical_epsilon"))
+  estimators = [str(e) for e in pa.get("estimators") or []]
+  runs = can.get("runs", 1)
+  blocks.append(_Block("p", (
+      f"{can.get('count', '?')} {can.get('kind', '?')} canaries, each included in the "
+      f"target's training with probability 1/2 (included: {can.get('included', '?')}); "
+      + ("one training run (the one-run audit of Steinke, Nasr & Jagielski 2023)"
+         if runs == 1 else f"{runs} training runs, guesses pooled")
+      + f". Lower bounds hold with confidence {_fmt(pa.get('confidence'))} at delta "
+      f"{pa.get('delta')}; theoretical epsilon (accountant): "
+      + ("none (no DP)" if not math.isfinite(theo) else _fmt(theo, 4)) + ".")))
+  attacks = pa.get("attacks") or {}
+  rows, points = [], []
+  bars: dict[str, dict[str, float]] = {}
+  for name, entry in attacks.items():
+    eps = entry.get("epsilon") or {}
+    row = [name, _fmt(entry.get("auc"))]
+    for est in estimators:
+      v = eps.get(est) or {}
+      thr = v.get("threshold")
+      row.append(_fmt(v.get("epsilon")) + ("" if thr is None else f" (t={_fmt(thr)})"))
+      if v.get("epsilon") is not None:
+        points.append((f"{name} ({est})", theo, float(v["epsilon"])))
+        bars.setdefault(name, {})[est] = float(v["epsilon"])
+    rows.append(row)
+  if rows:
+    blocks.append(_Block("table", headers=("attack", "AUC on canaries")
+                         + tuple(f"epsilon, {e}" for e in estimators), rows=rows))
+    blocks.append(_Block("note", "t: the score threshold at and above which a canary was "
+                                 "guessed included."))
+  if math.isfinite(theo):
+    over = [(n, e) for n, _, e in points if e > theo + 1e-9]
+    if over:
+      blocks.append(_Block("warn", "Empirical epsilon above the theoretical one (the "
+                           "training does not meet its guarantee, or the accounting is wrong): "
+                           + ", ".join(f"{n}: {_fmt(e)}" for n, e in over)))
+  if bars:
+    blocks.append(_Block("plot", plot=_Plot(
+        "privacy_audit.png", "Empirical epsilon lower bound of each attack by estimator"
+        + (", and the theoretical epsilon of the training (dashed): an audit of a correct "
+           "DP-SGD stays left of it, and the closer it comes the tighter the audit."
+           if math.isfinite(theo) else " (the target was trained without DP)."),
+        _plot_audit_bars(bars, estimators, theo, dpi))))
+  return blocks
+
+
 def _environment_section(run: _Run, dpi: int) -> list[_Block]:
   r = run.results
   blocks = [_Block("h2", "Environment")]
@@ -956,6 +1079,7 @@ def write_report(run_dir: str | os.PathLike, *, dpi: int = 100) -> tuple[str, st
   blocks += _whitebox_section(run, top, dpi)
   blocks += _per_class_section(run, top, dpi)
   blocks += _dp_section(run, dpi)
+  blocks += _privacy_audit_section(run, dpi)
   blocks += _environment_section(run, dpi)
 
   plots = [b.plot for b in blocks if b.kind == "plot"]

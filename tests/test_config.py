@@ -48,6 +48,10 @@ VALUES = {
     "microbatch_size": (64, ["--microbatch-size", "64"]),
     "bootstrap_resamples": (50, ["--bootstrap-resamples", "50"]),
     "confidence": (0.9, ["--confidence", "0.9"]),
+    "canaries": (20, ["--canaries", "20"]),
+    "canary_kind": ("ood", ["--canary-kind", "ood"]),
+    "canary_runs": (3, ["--canary-runs", "3"], {"canaries": 20}),
+    "estimators": (["one-run"], ["--estimators", "one-run"], {"canaries": 20}),
     "out": ("runs/x", ["--out", "runs/x"]),
     "overwrite": (True, ["--overwrite"]),
     "quiet": (True, ["--quiet"]),
@@ -78,11 +82,13 @@ def test_every_key_has_an_option_a_test_value_and_docs():
 
 @pytest.mark.parametrize("key", sorted(VALUES))
 def test_yaml_key_equals_command_line_option(tmp_path, key):
-  value, argv = VALUES[key]
+  value, argv, *needs = VALUES[key]
+  needs = needs[0] if needs else {}  # options this one is only valid with
   path = tmp_path / "c.yaml"
-  path.write_text(yaml.safe_dump({key: value}))
+  path.write_text(yaml.safe_dump({key: value, **needs}))
   from_file = _options(["--config", str(path)])
-  from_flags = _options(argv)
+  from_flags = _options(argv + [a for k, v in needs.items()
+                                for a in (f"--{k.replace('_', '-')}", str(v))])
   assert from_file == from_flags
   default_cfg, default_run = _options([])
   assert from_file != (default_cfg, default_run)  # the value really changed something
