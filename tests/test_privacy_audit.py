@@ -384,3 +384,35 @@ def test_canaries_the_data_cannot_hold_fail_before_training(tmp_path, kw, needle
   with pytest.raises(MiaInputError, match=needle):
     _audit(tmp_path, **kw)
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_white_box_attacks_score_the_canaries_too(tmp_path):
+  res, out = _audit(tmp_path, epochs=15, attacks=("stolen-memories", "nasr"), canaries=40,
+                    canary_kind="ood", target_size=200)
+  pa = res["privacy_audit"]
+  assert set(pa["attacks"]) == {"stolen-memories", "nasr"}
+  scores = np.load(out / "scores.npz")
+  for name in ("stolen-memories", "nasr"):
+    s = scores[f"canary:{name}"]
+    assert s.shape == (1, 40) and np.isfinite(s).all() and np.ptp(s) > 0
+    assert pa["attacks"][name]["guesses"] == 40
+
+
+def test_report_warns_when_a_bound_exceeds_the_theoretical_epsilon(tmp_path):
+  from mia_jax.report import write_report
+  est = {"epsilon": 2.5, "threshold": 0.1}
+  results = {"schema_version": 2, "attacks": {}, "privacy_audit": {
+      "canaries": {"kind": "gradient", "count": 100, "runs": 1, "included": [50]},
+      "mode": "one-run", "confidence": 0.95, "delta": 1e-5, "estimators": ["one-run"],
+      "theoretical_epsilon": 2.0,
+      "attacks": {"gradient-canary": {"epsilon": {"one-run": est}, "auc": 0.9,
+                                      "guesses": 100}}}}
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  _, md = write_report(tmp_path)
+  text = open(md).read()
+  assert "Empirical epsilon above the theoretical one" in text and "2.500" in text
+  results["privacy_audit"]["attacks"]["gradient-canary"]["epsilon"]["one-run"]["epsilon"] = 1.5
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  _, md = write_report(tmp_path)
+  text = open(md).read()
+  assert "Empirical epsilon above" not in text and "| gradient-canary | 0.900 | 1.500" in text
