@@ -277,6 +277,22 @@ def print_table(results: dict, console) -> None:
               else f"FPR {c['target_fpr']}")
       console.print(f"{name}: threshold calibrated on attacker data for {goal}: achieved "
                     f"precision {c['precision']:.3f}, recall {c['recall']:.3f}, FPR {c['fpr']:.4f}")
+  pa = results.get("privacy_audit")
+  if pa:
+    can = pa["canaries"]
+    theo = pa["theoretical_epsilon"]
+    table = Table(title=f"privacy audit: empirical epsilon lower bounds ({pa['confidence']:g} "
+                        f"confidence, delta {pa['delta']:g}) from {can['count']} {can['kind']} "
+                        f"canaries, {can['runs']} run(s); theoretical epsilon "
+                        + (f"{theo:.4g}" if theo != "inf" else "inf (no DP)"))
+    table.add_column("attack")
+    table.add_column("AUC on canaries", justify="right")
+    for est in pa["estimators"]:
+      table.add_column(est, justify="right")
+    for name, entry in pa["attacks"].items():
+      table.add_row(name, f"{entry['auc']:.4f}",
+                    *(f"{entry['epsilon'][est]['epsilon']:.3f}" for est in pa["estimators"]))
+    console.print(table)
 
 
 
