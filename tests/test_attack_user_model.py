@@ -131,7 +131,6 @@ def test_cli_attacks_every_checkpoint_of_a_user_linen_model(user_run, monkeypatc
     assert f["checkpoint_score:loss"].shape == (5, members.size + nonmembers.size)
     assert f["checkpoint_score:nasr"].shape == (5, members.size + nonmembers.size)
     # The loss attack's per-example scores are the user's own model's losses, negated.
-    import jax
     import optax
     import orbax.checkpoint as ocp
     from mia_jax.data import load_dataset

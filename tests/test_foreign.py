@@ -1,6 +1,5 @@
 """Foreign orbax checkpoints (the user's own training loop) loaded as one stack."""
 
-import os
 import shutil
 
 import flax.linen as nn
