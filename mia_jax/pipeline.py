@@ -4,9 +4,10 @@
 For each attack: ``configure`` from the run's options, ``fit`` on the attacker side, then
 ``score`` on the target signals it declares. On a stack of C checkpoints a traceable
 attack's scores of every checkpoint come from one ``jax.jit(jax.vmap(score))`` call;
-an attack whose ``fit`` reads the target (``fit_per_target``) is fit per checkpoint, and
-one whose score is not traceable (Stolen Memories, Nasr et al.: their white-box passes
-have their own compiled, microbatched loops) is scored per checkpoint.
+an attack whose ``fit`` reads the target (``fit_per_target``) is fit per checkpoint; one
+whose score is not traceable (Stolen Memories, Nasr et al.: their white-box passes have
+their own compiled, microbatched loops) scores all checkpoints in one such pass
+(``score_stack``, ``score_states``), or else per checkpoint.
 """
 
 from __future__ import annotations
@@ -170,7 +171,16 @@ def run_stacked(attack: Attack, options: Any, side_of: Callable[[int], AttackerS
     return scores, subs, [dict(common) for _ in range(c_count)]
   # Not traceable: Nasr et al. scores every checkpoint in one pass of its own
   # (score_stack); Stolen Memories, whose fit reads each target's own layers (proxies
-  # share its frozen lower part), is fit and scored per checkpoint.
+  # share its frozen lower part), is fit per checkpoint and scored in one pass
+  # (score_states).
+  if per_target and attack.score_states is not None:
+    states = []
+    for c in range(c_count):
+      log(f"checkpoint {c + 1}/{c_count}: fitting {attack.name}")
+      states.append(attack.fit(config, side_of(c)))
+    scores, subs, fields = attack.score_states(config, states, signals)
+    return (np.asarray(scores, np.float64), {k: np.asarray(v, np.float64) for k, v in subs.items()},
+            [{**_side_fields(attack, side_of(c)), **f} for c, f in enumerate(fields)])
   state = None if per_target else attack.fit(config, side_of(0))
   if attack.score_stack is not None and not per_target:
     scores = np.asarray(attack.score_stack(state, signals), np.float64)

@@ -159,3 +159,55 @@ def test_bad_inputs():
     sm.StolenMemoriesConfig(proxy_sampling="bootstrapped")
   with pytest.raises(MiaInputError, match="setting"):
     sm.partition_attacker_data(100, target_train_size=10, setting="oracle")
+
+
+def test_checkpoints_score_in_one_stacked_pass_equal_to_one_at_a_time(monkeypatch):
+  """The registry's Stolen Memories on C stacked checkpoints: fit per checkpoint (its
+  proxies share that checkpoint's frozen layers), scored in one stacked pass; equal to
+  fitting and scoring each checkpoint alone."""
+  from mia_jax import pipeline
+  from mia_jax.attacks import registry
+  from mia_jax.attacks.base import AttackerSide, Lazy
+  ds, _ = gaussian_nb(num_classes=3, num_features=8, num_train=900, num_test=2, separation=2.0,
+                      seed=3)
+  x, y = ds.x_train, ds.y_train
+  model = make_model("mlp", input_shape=(8,), num_classes=3, widths=[12])
+  cfg = TrainConfig(optimizer="adam", learning_rate=1e-2, epochs=8, batch_size=64)
+  members, nonmembers, aux = np.arange(100), np.arange(100, 200), np.arange(200, 900)
+  keep = np.zeros((2, x.shape[0]), bool)
+  keep[:, members] = True
+  keep[1, members[:50]] = False  # two different targets
+  stacked = train_models(model, x, y, keep, config=cfg, seed=5).variables
+  ev = np.r_[members, nonmembers]
+  is_member = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+
+  def side_of(c):
+    target = jax.tree.map(lambda a: a[c], stacked)
+    return AttackerSide({"whitebox": lambda: pipeline.whitebox_inputs(
+        model, target, x, y, aux, target_train_size=100, train_config=cfg, seed=0,
+        num_eval=ev.size, log=lambda s: None)})
+
+  attack = registry.get("stolen-memories")
+  options = {"seed": 0, "microbatch_size": 64}
+  import mia_jax.whitebox as wb
+  calls = []
+  original = wb.layer_scores
+
+  def counting(*a, **k):
+    calls.append(k.get("stacked", False))
+    return original(*a, **k)
+  monkeypatch.setattr(wb, "layer_scores", counting)
+  scores, subs, fields = pipeline.run_stacked(
+      attack, options, side_of, Lazy({"models": lambda: (model, stacked, x[ev], y[ev])}, "s"), 2)
+  monkeypatch.setattr(wb, "layer_scores", original)
+  assert calls == [True]  # the checkpoints' scores: one stacked pass
+  assert scores.shape == (2, 200) and set(subs) == {"input", "dense_0"}
+  for c in range(2):
+    target = jax.tree.map(lambda a: a[c], stacked)
+    alone, alone_subs, entry = pipeline.run_one(
+        attack, options, side_of(c), Lazy({"model": lambda: (model, target, x[ev], y[ev])}, "s"),
+        is_member)
+    np.testing.assert_allclose(scores[c], alone, rtol=1e-4, atol=1e-5)
+    for k in alone_subs:
+      np.testing.assert_allclose(subs[k][c], alone_subs[k], rtol=1e-4, atol=1e-5)
+    assert fields[c]["threshold"] == entry["calibrated"]["threshold"]

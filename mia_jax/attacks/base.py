@@ -70,6 +70,11 @@ class Attack:
       not traceable but can score C stacked checkpoints in one pass of its own (Nasr et
       al.: gradient features and network fused, vmapped over checkpoints); it reads
       ``signals["models"] = (model, stacked variables, x, y)``.
+    score_states: optional ``(config, states, signals) -> (float[C, N], {name: float[C, N]},
+      [fields per checkpoint])`` for an attack fit per target (``fit_per_target``): scores
+      C stacked checkpoints, each with its own fitted state, in one pass (Stolen Memories:
+      every checkpoint's Jacobians against its own proxies in one compiled, microbatched
+      pass); it reads ``signals["models"]``.
     report: optional ``(config, state, signals) -> (float[N], sub-scores, fields)`` that
       computes the score and its details together, for attacks whose sub-scores are the
       intermediate results of the score (Stolen Memories' per-layer scores).
@@ -88,6 +93,7 @@ class Attack:
   details: Callable[[Any, Any, Mapping[str, Any]], tuple[dict, dict]] | None = None
   report: Callable[[Any, Any, Mapping[str, Any]], tuple[Any, dict, dict]] | None = None
   score_stack: Callable[[Any, Mapping[str, Any]], Any] | None = None
+  score_states: Callable[[Any, list, Mapping[str, Any]], tuple[Any, dict, list]] | None = None
 
   def evaluate(self, config: Any, state: Any, signals: Mapping[str, Any]
                ) -> tuple[Any, dict, dict]:

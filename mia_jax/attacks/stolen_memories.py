@@ -438,6 +438,40 @@ def _report(config, state: AttackerState, signals):
   return meta, layers, {"threshold": state.threshold, "calibration": state.calibration}
 
 
+def _score_states(config, states: list, signals):
+  """Scores C stacked checkpoints, each against its own fitted proxies and meta-attack:
+  every checkpoint's per-layer Jacobian scores in one compiled, microbatched pass
+  (:func:`mia_jax.whitebox.layer_scores` with stacked targets and proxies), then each
+  checkpoint's meta-attack on its features."""
+  import jax
+  import jax.numpy as jnp
+
+  from mia_jax.attacks.meta import score_meta
+  from mia_jax.signals import blackbox_signals
+  from mia_jax.whitebox import layer_scores
+  model, stacked, x, y = signals["models"]
+  first = states[0]
+  layers = list(first.proxies.means)
+  if any(s.config != first.config or list(s.proxies.means) != layers
+         or s.use_loss != first.use_loss for s in states):
+    raise MiaInputError("stolen-memories: the checkpoints' attackers differ in their "
+                        "settings; they cannot be scored as one stack")
+  proxies = {l: jax.tree.map(lambda *a: jnp.stack(a), *[s.proxies.variables[l] for s in states])
+             for l in layers}
+  means = {l: np.stack([np.asarray(s.proxies.means[l]) for s in states]) for l in layers}
+  cfg = first.config
+  per_layer = layer_scores(model, stacked, proxies, means, x, y, path_steps=cfg.path_steps,
+                           centered=cfg.centered, microbatch_size=cfg.microbatch_size,
+                           stacked=True)
+  loss = (blackbox_signals(model, stacked, x, y, stacked=True, names=("loss",))["loss"]
+          if first.use_loss else None)
+  meta = np.stack([score_meta(s.meta, _features({l: per_layer[l][c] for l in layers},
+                                                None if loss is None else loss[c]))
+                   for c, s in enumerate(states)])
+  return meta, per_layer, [{"threshold": s.threshold, "calibration": s.calibration}
+                           for s in states]
+
+
 def _configure(o) -> StolenMemoriesAttackConfig:
   layers = option(o, "layers", None)
   return StolenMemoriesAttackConfig(
@@ -457,5 +491,5 @@ ATTACK = Attack(
     paper="Leino & Fredrikson, USENIX Security 2020", needs=("model",),
     attacker=("whitebox",), configure=_configure, fit=fit_attack,
     score=lambda state, signals: _report(None, state, signals)[0], report=_report,
-    traceable=False, fit_per_target=True)
+    score_states=_score_states, traceable=False, fit_per_target=True)
 ATTACKS = (ATTACK,)
