@@ -24,6 +24,10 @@ value of the Gaussian-DP mu it fits to *upper* confidence bounds on FPR and FNR,
 those bounds sum past 1 (any weak attack) it reports a large mu: on in- and out-scores
 drawn from one distribution (no leakage at all) it returns eps between 4 and 13 at
 delta 1e-5. A lower bound that is large without leakage would be a silent wrong result.
+The same flaw is described in google-deepmind/jax_privacy pull request #270 ("Fix
+epsilon_from_gdp to return a valid high-confidence lower bound"); offer it once the
+installed jax-privacy carries a fix (the no-leakage test in tests/test_privacy_audit.py
+is the check to extend).
 
 Higher score = member, as everywhere in mia-jax (and as the auditor expects).
 """
