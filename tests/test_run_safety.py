@@ -476,7 +476,19 @@ def test_kill_and_ctrl_c_at_random_points_then_rerun_gives_identical_results(tmp
   for attempt in range(8):
     proc = subprocess.Popen([*args, "--out", str(run)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(float(rng.uniform(2.0, 7.0)))
+    # The random moment is counted from when the run holds its directory: a SIGINT during
+    # Python's own start-up (imports, before the CLI installs its handler) would test the
+    # interpreter, and on a loaded machine start-up alone can take seconds.
+    def holds_lock():  # a killed attempt may have left its own (stale) lock behind
+      try:
+        return json.loads((run / LOCK).read_text()).get("pid") == proc.pid
+      except (OSError, ValueError):
+        return False
+    waited = 0.0
+    while not holds_lock() and proc.poll() is None and waited < 120:
+      time.sleep(0.05)
+      waited += 0.05
+    time.sleep(float(rng.uniform(0.0, 5.0)))
     sig = (signal.SIGKILL, signal.SIGINT)[attempt % 2]
     if proc.poll() is None:
       proc.send_signal(sig)
