@@ -1182,6 +1182,18 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | 
   write_npz_atomic(rd.file("scores.npz"), is_member=is_member[:n_eval],
                    labels=y[eval_idx[:n_eval]], **{f"score:{k}": v for k, v in scores.items()},
                    **({} if privacy is None else canary_arrays))
+  results = _results(config, setup, canary_rows, defenses, (train_acc, test_acc),
+                     attacks_out, stages, warnings, dp_info, privacy)
+  write_json_atomic(rd.file("results.json"), results)
+  shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
+  return results
+
+
+def _results(config: AuditConfig, setup: Setup, canary_rows, defenses, accuracy,
+             attacks_out: dict, stages: Stages, warnings: list, dp_info, privacy) -> dict:
+  """The results.json mapping (docs/results_schema.md)."""
+  ds, x, _, split, model, _ = setup
+  train_acc, test_acc = accuracy
   results = {
       "schema_version": SCHEMA_VERSION,
       "dataset": {"name": ds.name, "num_classes": ds.num_classes,
@@ -1208,8 +1220,6 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | 
   if privacy is not None:
     privacy.pop("warnings")
     results["privacy_audit"] = privacy
-  write_json_atomic(rd.file("results.json"), results)
-  shutil.rmtree(work, ignore_errors=True)  # training checkpoints are only needed to resume
   return results
 
 
