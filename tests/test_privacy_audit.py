@@ -416,3 +416,37 @@ def test_report_warns_when_a_bound_exceeds_the_theoretical_epsilon(tmp_path):
   _, md = write_report(tmp_path)
   text = open(md).read()
   assert "Empirical epsilon above" not in text and "| gradient-canary | 0.900 | 1.500" in text
+
+
+def test_gradient_canaries_on_a_users_linen_model():
+  """A model written as a user writes it (plain flax.linen, from_linen): the quietest
+  coordinates are the ones no example moves (the kernel row of an always-zero feature),
+  and DP-SGD without noise moves an included canary there and leaves an excluded one."""
+  import flax.linen as nn
+  from mia_jax.models import from_linen
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Dense(features=8)(x.reshape((x.shape[0], -1))))
+      return nn.Dense(features=3)(x)
+
+  model = from_linen(MLP(), input_shape=(6,), num_classes=3)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 6)).astype(np.float32)
+  x[:, 0] = 0
+  y = (x[:, 1] > 0).astype(np.int32)
+  p0 = dp.initial_params(model, 2)
+  quiet = canaries.quiet_coordinates(model, p0, x, y)
+  n_params = ravel_pytree(p0)[0].size
+  c = canaries.make_canaries("gradient", 8, 1, x=x, y=y, pool=np.arange(200), num_classes=3,
+                             seed=2, num_params=n_params, coordinate_scores=quiet)
+  assert np.all(quiet[c.coords] == 0.0)  # untouched by the data
+  inc = c.included[0]
+  assert inc.any() and (~inc).any()
+  r = dp.train_model_dp(model, x, y, config=TrainConfig(optimizer="sgd", learning_rate=0.3,
+                                                        epochs=3, batch_size=40),
+                        noise_multiplier=0.0, clip_norm=1.0, seed=2,
+                        gradient_canaries=(c.coords, inc))
+  moved = canaries.gradient_scores(p0, r.variables["params"], c.coords)
+  assert np.all(moved[~inc] == 0.0) and np.all(moved[inc] > 0.0)
