@@ -975,7 +975,7 @@ def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
       f"{pa.get('delta')}; theoretical epsilon (accountant): "
       + ("none (no DP)" if not math.isfinite(theo) else _fmt(theo, 4)) + ".")))
   attacks = pa.get("attacks") or {}
-  rows, points = [], []
+  rows = []
   bars: dict[str, dict[str, float]] = {}
   for name, entry in attacks.items():
     eps = entry.get("epsilon") or {}
@@ -985,7 +985,6 @@ def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
       thr = v.get("threshold")
       row.append(_fmt(v.get("epsilon")) + ("" if thr is None else f" (t={_fmt(thr)})"))
       if v.get("epsilon") is not None:
-        points.append((f"{name} ({est})", theo, float(v["epsilon"])))
         bars.setdefault(name, {})[est] = float(v["epsilon"])
     rows.append(row)
   if rows:
@@ -994,7 +993,8 @@ def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
     blocks.append(_Block("note", "t: the score threshold at and above which a canary was "
                                  "guessed included."))
   if math.isfinite(theo):
-    over = [(n, e) for n, _, e in points if e > theo + 1e-9]
+    over = [(f"{n} ({est})", e) for n, d in bars.items() for est, e in d.items()
+            if e > theo + 1e-9]
     if over:
       blocks.append(_Block("warn", "Empirical epsilon above the theoretical one (the "
                            "training does not meet its guarantee, or the accounting is wrong): "
