@@ -214,10 +214,7 @@ class AuditConfig:
       object.__setattr__(self, "estimators", privacy_audit.check_estimators(self.estimators))
     privacy_audit.check_confidence(self.confidence)
     if self.canary_kind == "gradient" and not self.uses_dp:
-      raise MiaInputError(
-          "canary_kind: 'gradient' canaries are planted in DP-SGD's clipped-gradient sum; "
-          "train with DP-SGD (--dp-epsilon, or --noise-multiplier; --noise-multiplier 0 "
-          "clips without noise)")
+      raise MiaInputError(canaries.GRADIENT_NEEDS_DP)
 
   @property
   def audit_estimators(self) -> tuple[str, ...]:

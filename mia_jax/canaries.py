@@ -41,6 +41,10 @@ import numpy as np
 from mia_jax._validation import MiaInputError, check_positive_int
 
 CANARY_KINDS = ("mislabeled", "ood", "input-space", "gradient")
+GRADIENT_NEEDS_DP = (
+    "canary_kind: 'gradient' canaries are planted in DP-SGD's clipped-gradient sum; train "
+    "with DP-SGD (--dp-epsilon, or --noise-multiplier; --noise-multiplier 0 clips without "
+    "noise)")
 MIN_CANARIES = 10
 """Fewer canaries cannot give a bound: both sides need guesses."""
 
@@ -120,10 +124,7 @@ def check_request(kind: str, count: int, runs: int, *, target_size: int, pool_si
     raise MiaInputError(f"canary_kind: {kind!r} canaries need class labels")
   if kind == "gradient":
     if not uses_dp:
-      raise MiaInputError(
-          "canary_kind: 'gradient' canaries are planted in DP-SGD's clipped-gradient sum; "
-          "train with DP-SGD (--dp-epsilon, or --noise-multiplier; --noise-multiplier 0 "
-          "clips without noise)")
+      raise MiaInputError(GRADIENT_NEEDS_DP)
     if not params_only:
       raise MiaInputError("canary_kind: 'gradient' canaries need a model whose only "
                           "variables are parameters (no BatchNorm)")
