@@ -57,7 +57,8 @@ def run_case(d, n, separation, aux, weight_decay, seed):
   member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
   sig = blackbox_signals(model, target, x[ev], y[ev])
   cfg = sm.StolenMemoriesConfig(layers=("input",), num_proxies=min(16, aux // n), proxy_size=n)
-  proxies = sm.fit_proxies(model, target, x[a], y[a], config=cfg, train_config=recipe, seed=seed)
+  proxies = sm.fit_proxies(model, target, x[a], y[a], config=cfg, train_config=recipe, seed=seed,
+                           seed_streams="offsets")  # as in RESULTS.md (mia_jax.streams)
   s_attack = sm.score(model, target, proxies, x[ev], y[ev], config=cfg)["input"]
   keep = np.zeros((8, f.size), bool)
   rng = np.random.default_rng(seed)

@@ -22,6 +22,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The stages of these runs draw their seeds as runs did before named streams
+# (mia_jax.streams, "offsets"), so the numbers in experiments/RESULTS.md reproduce
+# exactly; switch to "named" when every suite is rerun.
+SEED_STREAMS = "offsets"
 DATA = os.environ.get("MIA_JAX_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 
 
@@ -177,7 +181,7 @@ def main(argv=None):
       print(f"[{name}] already finished, reusing {done}", flush=True)
       continue
     t0 = time.time()
-    cfg = AuditConfig(seed=args.seed, **kwargs)
+    cfg = AuditConfig(seed=args.seed, seed_streams=SEED_STREAMS, **kwargs)
     results[name] = run_audit(cfg, out, log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
     top_k[name] = top_k_precision(os.path.join(out, "scores.npz"))
     print(f"[{name}] done in {time.time() - t0:.0f}s", flush=True)

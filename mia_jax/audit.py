@@ -27,6 +27,7 @@ from mia_jax._validation import MiaInputError, check_in_range, check_positive_in
 
 from mia_jax.attacks import registry  # noqa: E402
 from mia_jax.pipeline import REPORT_FPRS  # noqa: F401 (re-exported)
+from mia_jax.streams import LEGACY_SCHEME, check_scheme, stage_seed
 
 SCHEMA_VERSION = 2
 """2: adds ``privacy_audit`` (canaries and empirical epsilon); version 1 files stay readable."""
@@ -89,6 +90,10 @@ class AuditConfig:
       mirror image), "shift" (the 9 one-pixel shifts), "flip+shift" (18, the reference
       code's set).
     seed: fixes the split, all training and all attacks.
+    seed_streams: how each stage's seed derives from ``seed`` (:mod:`mia_jax.streams`):
+      "named" (each stage draws from a stream named after it) or "offsets" (the fixed
+      offsets of runs made before named streams; their ``config.json`` lacks this option
+      and they resume with it).
     microbatch_size: examples per compiled chunk in signal passes.
     bootstrap_resamples: resamples for every attack's bootstrap confidence intervals of
       AUC and TPR at each reported FPR (stratified percentile bootstrap over the
@@ -138,6 +143,7 @@ class AuditConfig:
   shadow_noise: float = 0.1
   lira_augmentations: str = "none"
   seed: int = 0
+  seed_streams: str = "named"
   microbatch_size: int = 512
   bootstrap_resamples: int = 200
   confidence: float = 0.95
@@ -224,6 +230,10 @@ class AuditConfig:
   @property
   def uses_dp(self) -> bool:
     return self.dp_epsilon is not None or self.noise_multiplier is not None
+
+  def stage_seed(self, name: str):
+    """The seed of the run's stage ``name`` (:func:`mia_jax.streams.stage_seed`)."""
+    return stage_seed(self.seed, name, self.seed_streams)
 
   def train_config(self):
     from mia_jax.train import TrainConfig
@@ -347,6 +357,7 @@ def _coerce_fields(config) -> None:
     put(f, {str(k).replace("-", "_"): w for k, w in v.items()})
   if not 0 <= config.seed < 2 ** 32:
     raise MiaInputError(f"seed: expected an integer in [0, 2**32), got {config.seed}")
+  check_scheme(config.seed_streams)
   for name, most in _AT_MOST.items():
     v = getattr(config, name)
     if v is not None and v > most:
@@ -419,7 +430,7 @@ def prepare(config: AuditConfig) -> Setup:
         f"target_size: {n_target} members plus as many non-members leave no auxiliary data "
         f"from {n_total} examples")
   split = membership_split(n_total, target_in=n_target, target_out=n_target,
-                           auxiliary=n_total - 2 * n_target, seed=config.seed)
+                           auxiliary=n_total - 2 * n_target, seed=config.stage_seed("split"))
   check_disjoint(split.auxiliary, split.target_in)
   model = make_model(config.model, input_shape=ds.feature_shape, num_classes=ds.num_classes,
                      **config.model_options)
@@ -625,8 +636,8 @@ def reference_keep(config: AuditConfig, num_candidates: int,
                         f"{config.num_reference} models (even sizes >= 2)")
   parts, first = [], 0
   for b in blocks:
-    parts.append(keep_matrix(b, num_candidates,
-                             seed=config.seed + 17 if first == 0 else (config.seed + 17, first)))
+    seed = config.stage_seed("reference-keep")
+    parts.append(keep_matrix(b, num_candidates, seed=seed if first == 0 else (seed, first)))
     first += b
   return np.concatenate(parts)
 
@@ -653,7 +664,7 @@ def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray
     opts = dict(query_fn=lambda xb: apply_defenses(
         model.apply(target, jnp.reshape(xb, (-1, *shape))), defenses),
         synthesis_options={"feature_sampler": binary_sampler if binary else uniform_sampler})
-  data = shokri.shadow_data(config.shadow_source, num_records=ax.shape[0], seed=config.seed + 29,
+  data = shokri.shadow_data(config.shadow_source, num_records=ax.shape[0], seed=config.stage_seed("shadow-data"),
                             x=flat, y=ay, noise=config.shadow_noise, **opts)
   synthesis = None
   if data.queries is not None:
@@ -826,7 +837,7 @@ def _make_canaries(config: AuditConfig, setup: Setup):
   if config.canary_kind == "gradient":  # the coordinates the attacker's data moves least
     from mia_jax.dp import initial_params
     aux = setup.split.auxiliary[:256]
-    quiet = canaries.quiet_coordinates(setup.model, initial_params(setup.model, config.seed),
+    quiet = canaries.quiet_coordinates(setup.model, initial_params(setup.model, config.stage_seed("target")),
                                        setup.x[aux], setup.y[aux])
   return canaries.make_canaries(config.canary_kind, config.canaries, config.canary_runs,
                                 x=setup.x, y=setup.y, pool=setup.split.auxiliary,
@@ -880,6 +891,16 @@ def _check_with_data(config: AuditConfig, setup: Setup, log) -> _Checked:
   return _Checked(defenses, views, dp_info, can)
 
 
+def saved_config(saved: dict) -> dict:
+  """A run's saved ``config.json`` completed for comparison with a current configuration
+  (``to_dict()`` passed through JSON): options added to AuditConfig after the run was made
+  count with their defaults, so a run begun by an older version resumes when nothing it
+  used has changed -- but for the seed scheme: a run that records none was made with the
+  legacy offsets (:data:`mia_jax.streams.LEGACY_SCHEME`)."""
+  defaults = json.loads(json.dumps(AuditConfig().to_dict()))
+  return {**defaults, "seed_streams": LEGACY_SCHEME, **json.loads(json.dumps(saved))}
+
+
 def _config_changes(path: str, config: AuditConfig) -> tuple[dict, list[str]] | None:
   """(the saved configuration, the options that differ) of the run in ``path``; None when
   it has no config.json."""
@@ -891,10 +912,7 @@ def _config_changes(path: str, config: AuditConfig) -> tuple[dict, list[str]] | 
   if not isinstance(previous, dict):
     raise MiaInputError(f"out: {cfg_path} is corrupt (not a mapping of options); pass "
                         "--overwrite to start the run over")
-  # Options added to AuditConfig after the run started count with their defaults, so a
-  # run begun by an older version resumes when nothing it used has changed.
-  defaults = json.loads(json.dumps(AuditConfig().to_dict()))
-  previous = {**defaults, **previous}
+  previous = saved_config(previous)
   current = json.loads(json.dumps(config.to_dict()))
   return previous, sorted(k for k in set(previous) | set(current)
                           if previous.get(k) != current.get(k))
@@ -925,6 +943,12 @@ def check_or_write_config(rd, config: AuditConfig, log, growing: bool = False) -
     if growing and changed == ["num_reference"]:
       log(f"growing the reference pool of {rd.path} from {previous['num_reference']} to "
           f"{config.num_reference} models (the saved ones are reused)")
+    elif changed == ["seed_streams"]:
+      raise MiaInputError(
+          f"out: {rd.path} holds an unfinished run whose stages draw their seeds as "
+          f"{previous['seed_streams']!r} (this run asks for {config.seed_streams!r}); resume "
+          f"it with --seed-streams {previous['seed_streams']} (seed_streams="
+          f"{previous['seed_streams']!r}), or pass --overwrite")
     elif changed:
       raise MiaInputError(
           f"out: {rd.path} holds an unfinished run with another configuration (differs in "
@@ -1040,7 +1064,7 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     blocks = reference_blocks(config, _saved_metadata(rd, "reference").get("blocks"))
     keep = reference_keep(config, eval_idx.size, blocks)
     refs = stages.run("reference_models", lambda: _stacked_models(
-        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.seed + 1,
+        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.stage_seed("reference"),
         progress, "reference models", log, os.path.join(work, "reference"), dp, blocks))
     sig = stages.run("reference_signals", lambda: pipeline.reference_signals(
         model, refs, x, y, eval_idx, split.auxiliary, microbatch_size=mb, defenses=defenses))
@@ -1079,9 +1103,10 @@ def shadow_side(config: AuditConfig, rd, setup: Setup, target, defenses, stages:
   x, y, aux, model = setup.x, setup.y, setup.split.auxiliary, setup.model
   sx, sy, synthesis = stages.run("shadow_data", lambda: _shadow_records(
       config, model, target, defenses, x[aux], y[aux]))
-  skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size, config.seed + 23)
+  skeep = _shadow_keep(config.num_shadow, sx.shape[0], setup.target_size,
+                       config.stage_seed("shadow-keep"))
   shadows = stages.run("shadow_models", lambda: _stacked_models(
-      rd, "shadow", model, sx, sy, skeep, config.train_config(), config.seed + 2,
+      rd, "shadow", model, sx, sy, skeep, config.train_config(), config.stage_seed("shadow"),
       progress, "shadow models", log, os.path.join(work, "shadow"), dp))
   probs = _predict_probs(model, shadows, sx, defenses, config.microbatch_size, stacked=True)
   fields = {"num_shadow": config.num_shadow, "shadow_source": config.shadow_source}
@@ -1128,9 +1153,9 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | 
     if variables is not None:
       return variables
     if train_one is not None:
-      variables = train_one(x, y, members, config.seed, os.path.join(work, "target"), planted)
+      variables = train_one(x, y, members, config.stage_seed("target"), os.path.join(work, "target"), planted)
     else:
-      variables = train_model(model, x, y, config=tcfg, seed=config.seed,
+      variables = train_model(model, x, y, config=tcfg, seed=config.stage_seed("target"),
                               indices=members, progress=progress, description="target",
                               checkpoint_dir=os.path.join(work, "target")).variables
     _save(rd, "target", variables, {"model": dict(model.spec)})
@@ -1238,7 +1263,7 @@ def _privacy_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked,
     per_run = {k: [v] for k, v in run0_scores.items()}
   else:
     per_run["gradient-canary"] = [canaries.gradient_scores(
-        initial_params(model, config.seed), target["params"], can.coords)]
+        initial_params(model, config.stage_seed("target")), target["params"], can.coords)]
   if runs > 1:
     keep = np.zeros((runs - 1, x.shape[0]), bool)
     keep[:, split.target_in] = True

@@ -34,11 +34,11 @@ of the dataset size the accountant uses.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import numpy as np
 
 from mia_jax._validation import MiaInputError, check_positive_int
+from mia_jax.streams import stream  # noqa: F401 (the canary draws' named streams)
 
 CANARY_KINDS = ("mislabeled", "ood", "input-space", "gradient")
 GRADIENT_NEEDS_DP = (
@@ -47,13 +47,6 @@ GRADIENT_NEEDS_DP = (
     "noise)")
 MIN_CANARIES = 10
 """Fewer canaries cannot give a bound: both sides need guesses."""
-
-
-def stream(seed: int, name: str) -> tuple[int, int]:
-  """The seed of a named random stream: ``(seed, crc32(name))``, a tuple seed NumPy and
-  :func:`mia_jax.train.jax_key` accept. New stages draw from named streams instead of
-  offsets of the run's seed, so adding a stage never shifts another's draws."""
-  return int(seed), zlib.crc32(name.encode())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,7 +159,8 @@ def plot_checkpoint_metrics(metrics: list[dict], names: Sequence[str], path: str
 def config_from_dict(d: dict):
   """AuditConfig from a saved ``config.json`` (lists back to tuples)."""
   from mia_jax.audit import AuditConfig
-  d = dict(d)
+  from mia_jax.streams import LEGACY_SCHEME
+  d = {"seed_streams": LEGACY_SCHEME, **d}  # a run saved before named streams
   try:
     return AuditConfig(**d)
   except TypeError as e:
@@ -213,7 +214,8 @@ def _train_run(config, rd, setup, save_every, with_reference, progress, log, ref
                      metadata={"epoch": epoch + 1, "model": dict(setup.model.spec)})
       log(f"saved checkpoint after epoch {epoch + 1}")
 
-  train_model(setup.model, setup.x, setup.y, config=config.train_config(), seed=config.seed,
+  train_model(setup.model, setup.x, setup.y, config=config.train_config(),
+              seed=config.stage_seed("target"),
               indices=setup.split.target_in, progress=progress, description="target",
               checkpoint_dir=os.path.join(out_dir, "train_state"), on_epoch=on_epoch)
   if with_reference:
@@ -235,7 +237,8 @@ def _train_run(config, rd, setup, save_every, with_reference, progress, log, ref
         log(f"saved {config.num_reference} reference models after epoch {epoch + 1}")
 
     train_models(setup.model, setup.x[ev], setup.y[ev], keep, config=config.train_config(),
-                 seed=config.seed + 1, progress=progress, description="reference models",
+                 seed=config.stage_seed("reference"), progress=progress,
+                 description="reference models",
                  checkpoint_dir=os.path.join(out_dir, "reference_train_state"),
                  on_epoch=on_ref_epoch)
   return list_checkpoints(ckpt_dir)

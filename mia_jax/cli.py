@@ -146,6 +146,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
       help="LiRA query augmentations for images (mirror image, the 9 one-pixel shifts, or "
            "both: 18 queries per example)")
   arg("--seed", key="seed", type=int, help="seed of the split, all training and all attacks")
+  arg("--seed-streams", key="seed_streams", choices=["named", "offsets"],
+      help="how each stage's seed derives from --seed: a stream named after the stage, or "
+           "the offsets of runs made before named streams (to resume or reproduce them)")
   arg("--microbatch-size", key="microbatch_size", type=int,
       help="examples per compiled chunk in signal passes (memory bound)")
   arg("--bootstrap-resamples", key="bootstrap_resamples", type=int,

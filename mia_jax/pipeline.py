@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from mia_jax.attacks.base import Attack, AttackerSide, option
+from mia_jax.streams import stage_seed
 
 REPORT_FPRS = (0.1, 0.01, 0.001, 0.0001, 0.0)
 """The false-positive rates every result reports TPR at (0.0: the lowest achievable)."""
@@ -116,7 +117,8 @@ def run_one(attack: Attack, options: Any, side: AttackerSide, signals: Mapping[s
   rows = slice(None) if evaluated is None else evaluated
   resamples = int(option(options, "bootstrap_resamples", 0) or 0)
   ci = (dict(resamples=resamples, confidence=float(option(options, "confidence", 0.95)),
-             seed=int(option(options, "seed", 0))) if resamples else None)
+             seed=stage_seed(int(option(options, "seed", 0)), "bootstrap",
+                             option(options, "seed_streams", "named"))) if resamples else None)
   return scores, subs, entry(scores[rows], {k: v[rows] for k, v in subs.items()}, fields,
                              np.asarray(is_member)[rows], ci)
 

@@ -111,6 +111,14 @@ class _Block:
   align_numbers: bool = True  # right-align numeric cells (False for key-value tables)
 
 
+def _streams(r: dict) -> str:
+  """How the run's stages drew their seeds (mia_jax.streams), for audits that record it."""
+  config = r.get("config")
+  if not isinstance(config, dict) or r.get("seed") is None:
+    return ""
+  return f" ({config.get('seed_streams', 'offsets')} streams)"
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
   if v is None:
     return "-"
@@ -543,7 +551,7 @@ def _header(run: _Run) -> list[_Block]:
            f"{_fmt(ds.get('num_auxiliary'))}"),
           ("model", model.get("name", "-")),
           ("model spec", json.dumps(model.get("spec", {}), sort_keys=True)),
-          ("seed", _fmt(r.get("seed")))]
+          ("seed", _fmt(r.get("seed")) + _streams(r))]
   blocks.append(_Block("table", headers=("run", "value"), rows=rows, align_numbers=False))
   if tgt:
     blocks.append(_Block("h2", "Target model"))

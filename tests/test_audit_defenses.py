@@ -153,7 +153,7 @@ def test_dp_audit_trains_with_dp_sgd_and_reports_epsilon_and_bounds(tmp_path):
   res = run_audit(cfg, str(out))
   setup, target = _target(cfg, out)
   ref = train_model_dp(setup.model, setup.x, setup.y, config=cfg.train_config(),
-                       noise_multiplier=1.5, clip_norm=0.7, seed=cfg.seed,
+                       noise_multiplier=1.5, clip_norm=0.7, seed=cfg.stage_seed("target"),
                        indices=setup.split.target_in).variables
   for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -232,7 +232,7 @@ def test_lira_augmentations_equal_a_manual_recomputation(tmp_path):
   t = np.stack([blackbox_signals(setup.model, target, v, ye)["scaled_logit"] for v in views], -1)
   r = np.stack([blackbox_signals(setup.model, refs, v, ye, stacked=True)["scaled_logit"]
                 for v in views], -1)
-  keep = keep_matrix(4, ev.size, seed=cfg.seed + 17)
+  keep = keep_matrix(4, ev.size, seed=cfg.stage_seed("reference-keep"))
   np.testing.assert_allclose(_npz(out)["score:lira"], lira.lira_online(t, r, keep),
                              rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(_npz(out)["score:lira-offline"], lira.lira_offline(t, r, keep),

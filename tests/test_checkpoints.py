@@ -150,7 +150,7 @@ def test_lira_and_rmia_per_checkpoint_equal_the_audit_at_the_last_epoch(tmp_path
                                                jax.random.split(jax.random.key(0), 4)))
   t = blackbox_signals(setup.model, tgt, setup.x[ev], setup.y[ev])["scaled_logit"]
   r = blackbox_signals(setup.model, refs, setup.x[ev], setup.y[ev], stacked=True)["scaled_logit"]
-  want = lira.lira_online(t, r, keep_matrix(4, ev.size, seed=cfg.seed + 17))
+  want = lira.lira_online(t, r, keep_matrix(4, ev.size, seed=cfg.stage_seed("reference-keep")))
   assert_auc_close(res["checkpoints"][0]["attacks"]["lira"]["auc"], want, member, rtol=1e-4,
                    atol=1e-4)
 

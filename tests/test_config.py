@@ -45,6 +45,7 @@ VALUES = {
     "shadow_noise": (0.2, ["--shadow-noise", "0.2"]),
     "lira_augmentations": ("flip", ["--lira-augmentations", "flip"]),
     "seed": (9, ["--seed", "9"]),
+    "seed_streams": ("offsets", ["--seed-streams", "offsets"]),
     "microbatch_size": (64, ["--microbatch-size", "64"]),
     "bootstrap_resamples": (50, ["--bootstrap-resamples", "50"]),
     "confidence": (0.9, ["--confidence", "0.9"]),

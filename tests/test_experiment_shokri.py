@@ -56,7 +56,7 @@ def as_prob(cell: str) -> float:
 def fake_run(rdir: str, kwargs: dict, seed: int, rng: np.random.Generator) -> None:
   """A finished run in ``rdir`` following run_audit's results contract, with scores that
   mildly separate members from non-members."""
-  cfg = AuditConfig(seed=seed, **kwargs)
+  cfg = AuditConfig(seed=seed, seed_streams="offsets", **kwargs)  # as the script runs them
   k = kwargs["dataset_options"]["num_classes"]
   n = kwargs["target_size"]
   m = np.r_[np.ones(n, bool), np.zeros(n, bool)]

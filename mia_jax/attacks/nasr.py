@@ -50,6 +50,7 @@ from mia_jax._batching import run_microbatched
 from mia_jax._validation import MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.models.adapters import check_model
+from mia_jax.streams import check_scheme, stage_seed
 
 FEATURE_KEYS = ("probs", "loss", "label")
 
@@ -514,12 +515,13 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                train_config=None, target_precision: float = 0.9, seed: int = 0,
                progress=None, work_dir: str | None = None,
                train_shadow: Callable | None = None,
-               log: Callable[[str], None] | None = None) -> NasrResult:
+               log: Callable[[str], None] | None = None,
+               seed_streams: str = "named") -> NasrResult:
   """Shadow-setting Nasr et al. attack against one target.
 
   The attacker's data is partitioned as for the Stolen Memories shadow setting
-  (:func:`mia_jax.attacks.stolen_memories.partition_attacker_data`, same seed), and the
-  shadow target is trained with the same seed, so an audit running both attacks can train
+  (:func:`mia_jax.attacks.stolen_memories.partition_attacker_data`, same seed stream), and
+  the shadow target is trained with the same seed stream, so an audit running both attacks can train
   it once (pass the same memoizing ``train_shadow`` to both).
 
   Args:
@@ -533,12 +535,14 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     target_precision: precision the threshold aims for on held-out shadow examples.
     seed: fixes the partition, shadow training and the attack model.
     train_shadow: optional ``(x, y, indices, seed) -> variables`` that trains the shadow.
+    seed_streams: how those stages' seeds derive from ``seed`` (named streams, or the
+      "offsets" of runs made before them; :mod:`mia_jax.streams`).
   """
   eval_x, eval_y = check_model(model).check_inputs(eval_x, eval_y)
   state = fit_attacker(model, aux_x, aux_y, target_train_size=target_train_size, config=config,
                        train_config=train_config, target_precision=target_precision, seed=seed,
                        progress=progress, work_dir=work_dir, train_shadow=train_shadow, log=log,
-                       num_eval=eval_x.shape[0])
+                       num_eval=eval_x.shape[0], seed_streams=seed_streams)
   return NasrResult(score_target(model, state, target_variables, eval_x, eval_y),
                     state.threshold, state.calibration, state.attacker_scores)
 
@@ -558,7 +562,8 @@ def fit_attacker(model: LayeredModel, aux_x, aux_y, *, target_train_size: int,
                  config: NasrConfig = NasrConfig(), train_config=None,
                  target_precision: float = 0.9, seed: int = 0, progress=None,
                  work_dir: str | None = None, train_shadow: Callable | None = None,
-                 log: Callable[[str], None] | None = None, num_eval: int = 0) -> AttackerState:
+                 log: Callable[[str], None] | None = None, num_eval: int = 0,
+                 seed_streams: str = "named") -> AttackerState:
   """The attacker's side of :func:`run_attack` (which does not depend on the target: the
   attack network learns from a shadow target, so one fit scores every checkpoint).
   ``num_eval`` counts the examples to be scored later in the feature-memory check."""
@@ -571,7 +576,8 @@ def fit_attacker(model: LayeredModel, aux_x, aux_y, *, target_train_size: int,
   check_in_range(target_precision, "target_precision", 0.0, 1.0)
   aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
-                                  setting="shadow", seed=seed)
+                                  setting="shadow",
+                                  seed=stage_seed(seed, "whitebox-partition", seed_streams))
   shapes = feature_shapes(model, layers, activations=config.activations)
   n_feat = parts.shadow_in.size + parts.shadow_out.size + num_eval
   nbytes = 4 * n_feat * sum(int(np.prod(s)) for s in shapes.values())
@@ -580,20 +586,22 @@ def fit_attacker(model: LayeredModel, aux_x, aux_y, *, target_train_size: int,
         f"layers: the gradient features of {list(layers)} for {n_feat} examples take "
         f"{nbytes / 2**30:.2f} GiB (> max_feature_bytes = {config.max_feature_bytes / 2**30:.2f}"
         f" GiB); choose fewer or smaller layers")
+  shadow_seed = stage_seed(seed, "whitebox-shadow", seed_streams)
   if train_shadow is not None:
-    shadow = train_shadow(aux_x, aux_y, parts.shadow_in, (seed, 7919))
+    shadow = train_shadow(aux_x, aux_y, parts.shadow_in, shadow_seed)
   else:
     ckpt = None if work_dir is None else os.path.join(work_dir, "shadow")
     shadow = train_model(model, aux_x, aux_y, config=train_config or TrainConfig(),
-                         seed=(seed, 7919), indices=parts.shadow_in, progress=progress,
+                         seed=shadow_seed, indices=parts.shadow_in, progress=progress,
                          description="shadow target", checkpoint_dir=ckpt).variables
   idx = np.concatenate([parts.shadow_in, parts.shadow_out])
   is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
   feats = attack_features(model, shadow, aux_x[idx], aux_y[idx], layers=layers,
                           microbatch_size=config.microbatch_size,
                           activations=config.activations)
-  state, val = fit_attack_model(feats, is_member, config=config, seed=seed, progress=progress,
-                                log=log)
+  state, val = fit_attack_model(feats, is_member, config=config,
+                                seed=stage_seed(seed, "nasr-network", seed_streams),
+                                progress=progress, log=log)
   val_scores = predict(state, _take(feats, val))
   threshold = calibrate_threshold(val_scores, is_member[val], target_precision=target_precision)
   calibration = {"setting": "shadow", "target_precision": float(target_precision),
@@ -625,6 +633,7 @@ class NasrAttackConfig:
   attack: NasrConfig = NasrConfig()
   target_precision: float = 0.9
   seed: int = 0
+  seed_streams: str = "named"
 
 
 def fit_attack(config: NasrAttackConfig, side) -> AttackerState:
@@ -634,7 +643,7 @@ def fit_attack(config: NasrAttackConfig, side) -> AttackerState:
                       train_config=wb["train_config"], target_precision=config.target_precision,
                       seed=config.seed, progress=wb.get("progress"),
                       train_shadow=wb.get("train_shadow"), log=wb.get("log"),
-                      num_eval=wb.get("num_eval", 0))
+                      num_eval=wb.get("num_eval", 0), seed_streams=config.seed_streams)
 
 
 def _score(state: AttackerState, signals):
@@ -648,7 +657,8 @@ def _configure(o) -> NasrAttackConfig:
       attack=NasrConfig(layers=None if layers is None else tuple(layers),
                         microbatch_size=min(int(option(o, "microbatch_size", 128)), 128)),
       target_precision=float(option(o, "target_precision", 0.9)),
-      seed=int(option(o, "seed", 0)))
+      seed=int(option(o, "seed", 0)),
+      seed_streams=check_scheme(option(o, "seed_streams", "named")))
 
 
 ATTACK = Attack(

@@ -42,6 +42,7 @@ from mia_jax.attacks import _classifier
 from mia_jax.defenses import apply_defenses, parse_defenses
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.signals import predict_logits
+from mia_jax.streams import stage_seed
 
 FEATURES = ("raw", "sorted")
 SOURCES = ("real", "noisy", "marginals", "synthetic")
@@ -525,6 +526,7 @@ ATTACK = Attack(
     name="shokri", family="shadow",
     summary="attack model(s) trained on shadow models' in/out prediction vectors",
     paper="Shokri et al., S&P 2017", needs=("probs", "labels"), attacker=("shadow",),
-    configure=lambda o: ShokriAttackConfig(seed=int(option(o, "seed", 0))),
+    configure=lambda o: ShokriAttackConfig(seed=stage_seed(
+        int(option(o, "seed", 0)), "shokri-attack", option(o, "seed_streams", "named"))),
     fit=fit_attack, score=score_attack, details=_details)
 ATTACKS = (ATTACK,)

@@ -36,6 +36,7 @@ from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.train import TrainConfig, train_models
 from mia_jax.whitebox import check_layers, class_means, default_layers, layer_features, layer_scores
 from mia_jax.models.adapters import check_model
+from mia_jax.streams import check_scheme, part_seed, stage_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,8 @@ def check_disjoint(aux_indices, train_indices) -> None:
 def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, *,
                 config: StolenMemoriesConfig = StolenMemoriesConfig(),
                 train_config: TrainConfig = TrainConfig(), seed: int = 0,
-                progress=None, work_dir: str | None = None) -> Proxies:
+                progress=None, work_dir: str | None = None,
+                seed_streams: str = "named") -> Proxies:
   """Trains the proxies ``g*_l`` for every attacked layer on auxiliary data.
 
   For each layer the target's frozen ``h_l`` maps the auxiliary data to features; P upper
@@ -133,6 +135,8 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
     config: attack hyperparameters (layers, number of proxies).
     train_config: the proxies' training recipe (use the target's).
     seed: fixes the proxies' initialization, sampling and shuffling.
+    seed_streams: "named" or "offsets" (:func:`mia_jax.streams.part_seed`): how the
+      proxies of the i-th layer get their seed from ``seed``.
     progress: optional rich Progress.
     work_dir: optional directory for training checkpoints (one per layer); a rerun after
       an interruption resumes from them.
@@ -148,7 +152,7 @@ def fit_proxies(model: LayeredModel, target_variables: Variables, aux_x, aux_y, 
     means[layer] = class_means(feats, aux_y, model.num_classes)
     keep = _proxy_keep(aux_x.shape[0], config, rng)
     res = train_models(model.upper(layer), feats, aux_y, keep, config=train_config,
-                       seed=seed * 1009 + i, progress=progress,
+                       seed=part_seed(seed, i, seed_streams), progress=progress,
                        description=f"proxies for {layer}",
                        checkpoint_dir=None if work_dir is None else os.path.join(work_dir, layer))
     variables[layer] = res.variables
@@ -277,7 +281,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                meta_kind: str = "logistic", use_loss: bool = True,
                target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
                progress=None, work_dir: str | None = None,
-               train_shadow: Callable | None = None) -> WhiteboxResult:
+               train_shadow: Callable | None = None,
+               seed_streams: str = "named") -> WhiteboxResult:
   """Runs the whole white-box attack against one target.
 
   Args:
@@ -294,6 +299,8 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
     target_precision: precision the threshold aims for (shadow setting).
     target_fpr: false-positive rate the threshold aims for (non-member setting).
     seed: fixes proxies, shadow training and the partition of the auxiliary data.
+    seed_streams: how each of those stages' seeds derives from ``seed`` (named streams,
+      or the "offsets" of runs made before them; :mod:`mia_jax.streams`).
     progress: optional rich Progress.
     work_dir: optional directory for training checkpoints (resumable).
     train_shadow: optional ``(x, y, indices, seed) -> variables`` that trains the shadow
@@ -308,7 +315,7 @@ def run_attack(model: LayeredModel, target_variables: Variables, aux_x, aux_y, e
                        train_config=train_config, setting=setting, meta_kind=meta_kind,
                        use_loss=use_loss, target_precision=target_precision,
                        target_fpr=target_fpr, seed=seed, progress=progress, work_dir=work_dir,
-                       train_shadow=train_shadow)
+                       train_shadow=train_shadow, seed_streams=seed_streams)
   eval_layers, meta_scores = score_target(model, state, target_variables, eval_x, eval_y)
   return WhiteboxResult(eval_layers, meta_scores, state.threshold, state.calibration,
                         state.attacker_scores)
@@ -331,7 +338,8 @@ def fit_attacker(model: LayeredModel, target_variables: Variables, aux_x, aux_y,
                  meta_kind: str = "logistic", use_loss: bool = True,
                  target_precision: float = 0.9, target_fpr: float = 0.01, seed: int = 0,
                  progress=None, work_dir: str | None = None,
-                 train_shadow: Callable | None = None) -> AttackerState:
+                 train_shadow: Callable | None = None,
+                 seed_streams: str = "named") -> AttackerState:
   """The attacker's side of :func:`run_attack` (same arguments, no evaluation examples):
   the target's proxies, the meta-attack and its calibrated threshold."""
   from mia_jax.attacks.meta import fit_meta, fit_nonmember_meta, score_meta
@@ -341,7 +349,8 @@ def fit_attacker(model: LayeredModel, target_variables: Variables, aux_x, aux_y,
 
   aux_x, aux_y = check_model(model).check_inputs(aux_x, aux_y)
   parts = partition_attacker_data(aux_x.shape[0], target_train_size=target_train_size,
-                                  setting=setting, seed=seed)
+                                  setting=setting,
+                                  seed=stage_seed(seed, "whitebox-partition", seed_streams))
   size = min(target_train_size, parts.proxy.size)
   num_proxies = max(1, min(config.num_proxies, parts.proxy.size // size))
   cfg = dataclasses.replace(config, proxy_size=size, num_proxies=num_proxies)
@@ -351,23 +360,29 @@ def fit_attacker(model: LayeredModel, target_variables: Variables, aux_x, aux_y,
 
   sub = (lambda name: None) if work_dir is None else (lambda name: os.path.join(work_dir, name))
   target_proxies = fit_proxies(model, target_variables, aux_x[parts.proxy], aux_y[parts.proxy],
-                               config=cfg, train_config=train_config, seed=seed + 1,
+                               config=cfg, train_config=train_config,
+                               seed=stage_seed(seed, "target-proxies", seed_streams),
+                               seed_streams=seed_streams,
                                progress=progress, work_dir=sub("target_proxies"))
   if setting == "shadow":
+    shadow_seed = stage_seed(seed, "whitebox-shadow", seed_streams)
     if train_shadow is not None:
-      shadow = train_shadow(aux_x, aux_y, parts.shadow_in, (seed, 7919))
+      shadow = train_shadow(aux_x, aux_y, parts.shadow_in, shadow_seed)
     else:
-      shadow = train_model(model, aux_x, aux_y, config=train_config, seed=(seed, 7919),
+      shadow = train_model(model, aux_x, aux_y, config=train_config, seed=shadow_seed,
                            indices=parts.shadow_in, progress=progress,
                            description="shadow target", checkpoint_dir=sub("shadow")).variables
     shadow_proxies = fit_proxies(model, shadow, aux_x[parts.proxy], aux_y[parts.proxy],
-                                 config=cfg, train_config=train_config, seed=seed + 2,
+                                 config=cfg, train_config=train_config,
+                                 seed=stage_seed(seed, "shadow-proxies", seed_streams),
+                                 seed_streams=seed_streams,
                                  progress=progress, work_dir=sub("shadow_proxies"))
     idx = np.concatenate([parts.shadow_in, parts.shadow_out])
     is_member = np.r_[np.ones(parts.shadow_in.size, bool), np.zeros(parts.shadow_out.size, bool)]
     feats = _features(score(model, shadow, shadow_proxies, aux_x[idx], aux_y[idx], config=cfg),
                       loss_of(shadow, aux_x[idx], aux_y[idx]))
-    meta = fit_meta(feats, is_member, kind=meta_kind, seed=seed)
+    meta = fit_meta(feats, is_member, kind=meta_kind,
+                    seed=stage_seed(seed, "meta-attack", seed_streams))
     attacker_meta = score_meta(meta, feats)
     threshold = calibrate_threshold(attacker_meta, is_member, target_precision=target_precision)
     calibration = {"setting": "shadow", "target_precision": float(target_precision)}
@@ -417,6 +432,7 @@ class StolenMemoriesAttackConfig:
   meta_kind: str = "logistic"
   use_loss: bool = True
   seed: int = 0
+  seed_streams: str = "named"
 
 
 def fit_attack(config: StolenMemoriesAttackConfig, side) -> AttackerState:
@@ -429,7 +445,7 @@ def fit_attack(config: StolenMemoriesAttackConfig, side) -> AttackerState:
                       target_precision=config.target_precision, target_fpr=config.target_fpr,
                       seed=config.seed, progress=wb.get("progress"),
                       work_dir=None if work is None else os.path.join(work, "stolen_memories"),
-                      train_shadow=wb.get("train_shadow"))
+                      train_shadow=wb.get("train_shadow"), seed_streams=config.seed_streams)
 
 
 def _report(config, state: AttackerState, signals):
@@ -482,7 +498,8 @@ def _configure(o) -> StolenMemoriesAttackConfig:
           microbatch_size=min(int(option(o, "microbatch_size", 256)), 256)),
       setting=option(o, "whitebox_setting", "shadow"),
       target_precision=float(option(o, "target_precision", 0.9)),
-      target_fpr=float(option(o, "target_fpr", 0.01)), seed=int(option(o, "seed", 0)))
+      target_fpr=float(option(o, "target_fpr", 0.01)), seed=int(option(o, "seed", 0)),
+      seed_streams=check_scheme(option(o, "seed_streams", "named")))
 
 
 ATTACK = Attack(
