@@ -326,8 +326,16 @@ def _cmd_audit(args) -> int:
 
 
 def _cmd_report(args) -> int:
-  from mia_jax.report import write_report
-  html_path, md_path = write_report(args.run_dir, dpi=args.dpi)
+  from mia_jax.report import write_report, write_sweep_report
+  if args.sweep is not None:
+    html_path, md_path = write_sweep_report(args.run_dir, args.sweep, dpi=args.dpi)
+    print(f"sweep of {len(args.run_dir)} privacy audits written to {html_path} and {md_path}")
+    return 0
+  if len(args.run_dir) > 1:
+    raise MiaInputError(f"run_dir: {len(args.run_dir)} run directories given; one rebuilds "
+                        "its report, several need --sweep DIR (a sweep of their privacy "
+                        "audits)")
+  html_path, md_path = write_report(args.run_dir[0], dpi=args.dpi)
   print(f"report written to {html_path} and {md_path}")
   return 0
 
@@ -614,10 +622,18 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--batch-size", type=int, default=64, help="... its batch size")
   g.add_argument("--seed", type=int, default=0, help="seed of everything the attacker trains")
   p.set_defaults(func=_cmd_attack)
-  p = sub.add_parser("report", help="rebuild report.html / report.md of an audit run directory",
+  p = sub.add_parser("report", help="rebuild report.html / report.md of an audit run directory, "
+                                     "or compare the privacy audits of several (--sweep)",
                      description="Rebuild report.html (self-contained) and report.md with plots "
-                                 "from a run directory's results.json and scores.npz.")
-  p.add_argument("run_dir", help="a directory written by 'mia-jax audit'")
+                                 "from a run directory's results.json and scores.npz; with "
+                                 "--sweep DIR, write DIR/sweep.html and DIR/sweep.md: the "
+                                 "privacy audits (--canaries) of several runs, e.g. one recipe "
+                                 "at several --dp-epsilon, in one table and one plot of "
+                                 "empirical against theoretical epsilon.")
+  p.add_argument("run_dir", nargs="+", help="a directory written by 'mia-jax audit' (several "
+                                            "with --sweep)")
+  p.add_argument("--sweep", default=None, metavar="DIR",
+                 help="write a sweep page of the runs' privacy audits into DIR")
   p.add_argument("--dpi", type=int, default=100, help="resolution of the plots")
   p.set_defaults(func=_cmd_report)
   _add_score_parser(sub).set_defaults(func=_cmd_score)

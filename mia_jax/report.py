@@ -31,7 +31,7 @@ import numpy as np
 from mia_jax._io import write_bytes_atomic
 from mia_jax._validation import MiaInputError
 
-__all__ = ["write_report", "PLOT_FILES"]
+__all__ = ["write_report", "write_sweep_report", "PLOT_FILES"]
 
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 # (results.json key, column header) of the TPR-at-low-FPR columns.
@@ -1106,3 +1106,120 @@ def write_report(run_dir: str | os.PathLike, *, dpi: int = 100) -> tuple[str, st
   _write_atomic(html_path, _render_html(title, blocks).encode("utf-8"))
   _write_atomic(md_path, _render_md(blocks).encode("utf-8"))
   return html_path, md_path
+
+
+SWEEP_PLOT = "sweep_empirical_epsilon.png"
+
+
+def write_sweep_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                       dpi: int = 100) -> tuple[str, str]:
+  """Writes ``sweep.html`` and ``sweep.md`` (with ``plots/sweep_empirical_epsilon.png``)
+  into ``out_dir``: the privacy audits of several runs -- typically one DP-SGD recipe at
+  several theoretical epsilons, ``mia-jax audit --dp-epsilon E --canaries N`` each -- in
+  one table (every attack and estimator of every run) and one plot of empirical against
+  theoretical epsilon with the diagonal (one line per attack, its best estimator per run).
+
+  Args:
+    run_dirs: directories of finished audits with canaries (``results.json`` with
+      ``privacy_audit``), each given once.
+    out_dir: where the sweep page goes (created if needed; the runs are only read).
+    dpi: resolution of the plot.
+
+  Returns:
+    ``(html_path, md_path)``, absolute paths.
+
+  Raises:
+    MiaInputError: no run, a run given twice, a run that is not a finished audit or was
+      audited without canaries, or a bad ``dpi``.
+  """
+  if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 20 <= dpi <= 600:
+    raise MiaInputError(f"dpi: expected an integer in [20, 600], got {dpi!r}")
+  if isinstance(run_dirs, (str, os.PathLike)) or not run_dirs:
+    raise MiaInputError(f"run_dirs: expected one or more run directories, got {run_dirs!r}")
+  seen: dict[str, str] = {}
+  runs = []
+  for d in run_dirs:
+    run = _load_run(d)
+    key = os.path.realpath(run.run_dir)
+    if key in seen:
+      raise MiaInputError(f"run_dirs: {d} is given twice (as {seen[key]})")
+    seen[key] = str(d)
+    if not isinstance(run.results.get("privacy_audit"), dict):
+      raise MiaInputError(f"run_dirs: {d} has no privacy audit (audit it with --canaries N)")
+    runs.append(run)
+  names = _short_names([r.run_dir for r in runs])
+  audits = [r.results["privacy_audit"] for r in runs]
+  order = sorted(range(len(runs)), key=lambda i: (_eps_value(audits[i].get("theoretical_epsilon")),
+                                                  names[i]))
+  estimators = list(dict.fromkeys(str(e) for a in audits for e in a.get("estimators") or []))
+
+  def setup(a):
+    c = a.get("canaries") or {}
+    return f"{c.get('kind', '?')}, {c.get('runs', 1)} run{'s' if c.get('runs', 1) != 1 else ''}"
+
+  setups = {setup(a) for a in audits}
+  rows, points, over = [], [], []
+  for i in order:
+    a = audits[i]
+    theo = _eps_value(a.get("theoretical_epsilon"))
+    can = a.get("canaries") or {}
+    for attack, entry in (a.get("attacks") or {}).items():
+      eps = entry.get("epsilon") or {}
+      values = {e: (eps.get(e) or {}).get("epsilon") for e in estimators}
+      rows.append([names[i], f"{can.get('count', '?')} {setup(a)}",
+                   "none (no DP)" if not math.isfinite(theo) else _fmt(theo, 4), attack,
+                   _fmt(entry.get("auc")), _fmt(entry.get("guesses"))]
+                  + [_fmt(values[e]) for e in estimators])
+      found = [float(v) for v in values.values() if v is not None]
+      if found:
+        label = attack if len(setups) == 1 else f"{attack} ({setup(a)})"
+        points.append((label, theo, max(found)))
+        over += [f"{names[i]} / {attack} ({e}): {_fmt(v)} > {_fmt(theo)}"
+                 for e, v in values.items() if v is not None and v > theo + 1e-9]
+  confidences = {str(a.get("confidence")) for a in audits}
+  deltas = {str(a.get("delta")) for a in audits}
+  blocks = [_Block("h1", "Privacy-audit sweep: empirical against theoretical epsilon"),
+            _Block("p", f"{len(runs)} audit runs with canaries"
+                        + (f" ({next(iter(setups))} canaries)" if len(setups) == 1 else "")
+                        + f"; lower bounds at confidence {', '.join(sorted(confidences))} and "
+                          f"delta {', '.join(sorted(deltas))}. A valid audit of a correct DP "
+                          "training stays on or below the diagonal; the closer it comes, the "
+                          "tighter the audit.")]
+  if len(confidences) > 1 or len(deltas) > 1:
+    blocks.append(_Block("warn", "The runs' bounds hold at different confidences or deltas; "
+                                 "compare them with care."))
+  if over:
+    blocks.append(_Block("warn", "Empirical epsilon above the theoretical one (the training "
+                                 "does not meet its guarantee, or the accounting is wrong): "
+                                 + "; ".join(over)))
+  if points:
+    blocks.append(_Block("plot", plot=_Plot(
+        SWEEP_PLOT, "Empirical epsilon lower bound (each attack's best estimator per run) "
+                    "against the accountant's epsilon, with the diagonal; runs without DP "
+                    "sit in the 'no DP' column.",
+        plot_empirical_epsilon(points, dpi=dpi))))
+  blocks.append(_Block("h2", "Every run, attack and estimator"))
+  blocks.append(_Block("table", headers=("run", "canaries", "theoretical epsilon", "attack",
+                                         "AUC on canaries", "guesses")
+                       + tuple(f"epsilon, {e}" for e in estimators), rows=rows))
+  blocks.append(_Block("note", "Runs: " + "; ".join(f"{names[i]} = {runs[i].run_dir}"
+                                                     for i in order)))
+  out = os.path.abspath(os.fspath(out_dir))
+  os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+  for b in blocks:
+    if b.kind == "plot":
+      _write_atomic(os.path.join(out, "plots", b.plot.name), b.plot.png)
+  html_path, md_path = os.path.join(out, "sweep.html"), os.path.join(out, "sweep.md")
+  _write_atomic(html_path, _render_html(blocks[0].text, blocks).encode("utf-8"))
+  _write_atomic(md_path, _render_md(blocks).encode("utf-8"))
+  return html_path, md_path
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+  """The runs' directory names, or their paths relative to the common parent when two
+  share a name."""
+  base = [os.path.basename(os.path.normpath(p)) for p in paths]
+  if len(set(base)) == len(base):
+    return base
+  common = os.path.commonpath([os.path.abspath(p) for p in paths])
+  return [os.path.relpath(os.path.abspath(p), common) for p in paths]

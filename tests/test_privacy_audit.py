@@ -450,3 +450,86 @@ def test_gradient_canaries_on_a_users_linen_model():
                         gradient_canaries=(c.coords, inc))
   moved = canaries.gradient_scores(p0, r.variables["params"], c.coords)
   assert np.all(moved[~inc] == 0.0) and np.all(moved[inc] > 0.0)
+
+
+# -- sweeps of several audits ------------------------------------------------------------------------
+
+def _md_rows(text, first_header):
+  lines = [l for l in text.splitlines() if l.startswith("|")]
+  start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first_header} |"))
+  head = [c.strip() for c in lines[start].strip("|").split("|")]
+  rows = []
+  for l in lines[start + 2:]:
+    cells = [c.strip() for c in l.strip("|").split("|")]
+    if len(cells) != len(head):
+      break
+    rows.append(dict(zip(head, cells)))
+  return rows
+
+
+def test_sweep_report_of_real_dp_audits(tmp_path, capsys):
+  """Two real audits of one recipe (DP-SGD at a noise multiplier, and without noise) on one
+  page: a row per (run, attack) with every estimator's bound as in results.json, and the
+  empirical-vs-theoretical plot."""
+  base = dict(dataset="purchase_like", dataset_options={"num_features": 30, "num_train": 400,
+                                                        "num_test": 400, "seed": 0},
+              model="mlp", model_options={"widths": [32]}, target_size=150, epochs=4,
+              batch_size=32, learning_rate=0.01, attacks=("loss",), bootstrap_resamples=0,
+              canaries=40, canary_kind="gradient", clip_norm=1.0)
+  runs = {}
+  for name, sigma in (("sigma1", 1.0), ("nonoise", 0.0)):
+    runs[name] = run_audit(AuditConfig(**base, noise_multiplier=sigma), str(tmp_path / name))
+  out = tmp_path / "sweep"
+  assert cli.main(["report", "--sweep", str(out), str(tmp_path / "nonoise"),
+                   str(tmp_path / "sigma1")]) == 0
+  assert "sweep of 2 privacy audits" in capsys.readouterr().out
+  text = (out / "sweep.md").read_text()
+  rows = _md_rows(text, "run")
+  assert [r["run"] for r in rows] == ["sigma1", "nonoise"]  # by theoretical epsilon
+  for r in rows:
+    pa = runs[r["run"]]["privacy_audit"]
+    assert r["attack"] == "gradient-canary" and r["guesses"] == "40"
+    for est, v in pa["attacks"]["gradient-canary"]["epsilon"].items():
+      assert r[f"epsilon, {est}"] == f"{v['epsilon']:.3f}"
+  assert rows[1]["theoretical epsilon"] == "none (no DP)"
+  assert float(rows[0]["theoretical epsilon"]) == pytest.approx(
+      runs["sigma1"]["privacy_audit"]["theoretical_epsilon"], abs=1e-4)
+  assert "above the theoretical" not in text
+  assert (out / "plots" / "sweep_empirical_epsilon.png").stat().st_size > 5000
+  html = (out / "sweep.html").read_text()
+  assert html.count("data:image/png;base64,") == 1
+
+
+def _fake_audit(path, theoretical, bound, kind="gradient", attack="gradient-canary"):
+  path.mkdir()
+  est = {"epsilon": bound, "threshold": 0.1}
+  (path / "results.json").write_text(json.dumps({"schema_version": 2, "attacks": {},
+      "privacy_audit": {"canaries": {"kind": kind, "count": 100, "runs": 1, "included": [50]},
+                        "mode": "one-run", "confidence": 0.95, "delta": 1e-5,
+                        "estimators": ["one-run"], "theoretical_epsilon": theoretical,
+                        "attacks": {attack: {"epsilon": {"one-run": est}, "auc": 0.9,
+                                             "guesses": 100}}}}))
+  return path
+
+
+def test_sweep_report_warns_labels_and_refuses(tmp_path, capsys):
+  from mia_jax.report import write_sweep_report
+  a = _fake_audit(tmp_path / "a", 1.0, 0.4)
+  b = _fake_audit(tmp_path / "b", 2.0, 2.6, kind="mislabeled", attack="loss")
+  _, md = write_sweep_report([a, b], tmp_path / "s")
+  text = open(md).read()
+  assert "Empirical epsilon above the theoretical one" in text and "b / loss (one-run): 2.600" in text
+  assert "a / gradient-canary" not in text.split("## Every run")[0]  # only the bound above
+  # runs with different canaries: each series says which
+  assert [r["canaries"] for r in _md_rows(text, "run")] == ["100 gradient, 1 run",
+                                                          "100 mislabeled, 1 run"]
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  (plain / "results.json").write_text(json.dumps({"schema_version": 2, "attacks": {}}))
+  for runs, needle in (([a, plain], "no privacy audit"), ([a, a], "given twice"),
+                       ([], "one or more"), ([a, tmp_path / "missing"], "not a directory")):
+    with pytest.raises(MiaInputError, match=needle):
+      write_sweep_report(runs, tmp_path / "s2")
+  assert not (tmp_path / "s2").exists()  # refused before anything is written
+  assert cli.main(["report", str(a), str(b)]) == 2
+  assert "several need --sweep DIR" in capsys.readouterr().err
