@@ -27,7 +27,7 @@ from mia_jax._validation import MiaInputError, check_in_range, check_positive_in
 
 from mia_jax.attacks import registry  # noqa: E402
 from mia_jax.pipeline import REPORT_FPRS  # noqa: F401 (re-exported)
-from mia_jax.streams import LEGACY_SCHEME, check_scheme, stage_seed
+from mia_jax.streams import LEGACY_SCHEME, check_scheme, stage_seed, stream
 
 SCHEMA_VERSION = 2
 """2: adds ``privacy_audit`` (canaries and empirical epsilon); version 1 files stay readable."""
@@ -664,8 +664,9 @@ def _shadow_records(config: AuditConfig, model, target, defenses, ax: np.ndarray
     opts = dict(query_fn=lambda xb: apply_defenses(
         model.apply(target, jnp.reshape(xb, (-1, *shape))), defenses),
         synthesis_options={"feature_sampler": binary_sampler if binary else uniform_sampler})
-  data = shokri.shadow_data(config.shadow_source, num_records=ax.shape[0], seed=config.stage_seed("shadow-data"),
-                            x=flat, y=ay, noise=config.shadow_noise, **opts)
+  data = shokri.shadow_data(config.shadow_source, num_records=ax.shape[0],
+                            seed=config.stage_seed("shadow-data"), x=flat, y=ay,
+                            noise=config.shadow_noise, **opts)
   synthesis = None
   if data.queries is not None:
     q = np.asarray(data.queries, np.float64)
@@ -837,8 +838,8 @@ def _make_canaries(config: AuditConfig, setup: Setup):
   if config.canary_kind == "gradient":  # the coordinates the attacker's data moves least
     from mia_jax.dp import initial_params
     aux = setup.split.auxiliary[:256]
-    quiet = canaries.quiet_coordinates(setup.model, initial_params(setup.model, config.stage_seed("target")),
-                                       setup.x[aux], setup.y[aux])
+    init = initial_params(setup.model, config.stage_seed("target"))
+    quiet = canaries.quiet_coordinates(setup.model, init, setup.x[aux], setup.y[aux])
   return canaries.make_canaries(config.canary_kind, config.canaries, config.canary_runs,
                                 x=setup.x, y=setup.y, pool=setup.split.auxiliary,
                                 num_classes=kw["num_classes"], seed=config.seed,
@@ -1064,8 +1065,9 @@ def _attacker_side(config: AuditConfig, rd, setup: Setup, target, eval_idx, chec
     blocks = reference_blocks(config, _saved_metadata(rd, "reference").get("blocks"))
     keep = reference_keep(config, eval_idx.size, blocks)
     refs = stages.run("reference_models", lambda: _stacked_models(
-        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg, config.stage_seed("reference"),
-        progress, "reference models", log, os.path.join(work, "reference"), dp, blocks))
+        rd, "reference", model, x[eval_idx], y[eval_idx], keep, tcfg,
+        config.stage_seed("reference"), progress, "reference models", log,
+        os.path.join(work, "reference"), dp, blocks))
     sig = stages.run("reference_signals", lambda: pipeline.reference_signals(
         model, refs, x, y, eval_idx, split.auxiliary, microbatch_size=mb, defenses=defenses))
     if views is not None:
@@ -1152,10 +1154,11 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | 
     variables, _ = _reuse_saved(rd, "target", like, "trained target", log)
     if variables is not None:
       return variables
+    seed = config.stage_seed("target")
     if train_one is not None:
-      variables = train_one(x, y, members, config.stage_seed("target"), os.path.join(work, "target"), planted)
+      variables = train_one(x, y, members, seed, os.path.join(work, "target"), planted)
     else:
-      variables = train_model(model, x, y, config=tcfg, seed=config.stage_seed("target"),
+      variables = train_model(model, x, y, config=tcfg, seed=seed,
                               indices=members, progress=progress, description="target",
                               checkpoint_dir=os.path.join(work, "target")).variables
     _save(rd, "target", variables, {"model": dict(model.spec)})
@@ -1274,7 +1277,7 @@ def _privacy_audit(config: AuditConfig, rd, setup: Setup, checked: _Checked,
                                        "clip_norm": config.clip_norm}
     if dp is not None and not can.is_input:
       dp["gradient_canaries"] = (can.coords, can.included[1:])
-    seed = int(np.random.default_rng(canaries.stream(config.seed, "canary-runs")).integers(2**31))
+    seed = int(np.random.default_rng(stream(config.seed, "canary-runs")).integers(2**31))
     stack = stages.run("canary_runs", lambda: _stacked_models(
         rd, "canary_runs", model, x, y, keep, config.train_config(), seed, progress,
         "canary runs", log, os.path.join(work, "canary_runs"), dp))

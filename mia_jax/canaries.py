@@ -38,7 +38,7 @@ import dataclasses
 import numpy as np
 
 from mia_jax._validation import MiaInputError, check_positive_int
-from mia_jax.streams import stream  # noqa: F401 (the canary draws' named streams)
+from mia_jax.streams import stream
 
 CANARY_KINDS = ("mislabeled", "ood", "input-space", "gradient")
 GRADIENT_NEEDS_DP = (

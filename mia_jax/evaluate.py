@@ -122,9 +122,9 @@ class EvaluateResult:
 
 
 def _check_out(out: Any, overwrite: bool, dpi: Any) -> str:
+  from mia_jax.report import check_dpi
   from mia_jax.rundir import check_out_path, refuse_finished
-  if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 20 <= dpi <= 600:
-    raise MiaInputError(f"dpi: expected an integer in [20, 600], got {dpi!r}")
+  check_dpi(dpi)
   path = check_out_path(out)
   if not overwrite:
     refuse_finished(path)

@@ -242,7 +242,14 @@ class _Run:
   notes: list[str]
 
 
-def _load_run(run_dir: str | os.PathLike) -> _Run:
+def check_dpi(dpi: Any) -> None:
+  """Raises MiaInputError unless ``dpi`` is an integer in [20, 600]."""
+  if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 20 <= dpi <= 600:
+    raise MiaInputError(f"dpi: expected an integer in [20, 600], got {dpi!r}")
+
+
+def _load_results(run_dir: str | os.PathLike) -> tuple[str, dict]:
+  """(absolute path, validated results.json) of an audit run directory."""
   if not isinstance(run_dir, (str, os.PathLike)):
     raise MiaInputError(f"run_dir: expected a path, got {run_dir!r}")
   run_dir = os.path.abspath(os.fspath(run_dir))
@@ -265,7 +272,11 @@ def _load_run(run_dir: str | os.PathLike) -> _Run:
   if version not in SUPPORTED_SCHEMA_VERSIONS:
     raise MiaInputError(f"run_dir: {results_path} has schema_version {version!r}; this report "
                         f"supports {list(SUPPORTED_SCHEMA_VERSIONS)}")
+  return run_dir, results
 
+
+def _load_run(run_dir: str | os.PathLike) -> _Run:
+  run_dir, results = _load_results(run_dir)
   notes: list[str] = []
   scores: dict[str, np.ndarray] = {}
   is_member = labels = None
@@ -965,6 +976,10 @@ def _plot_audit_bars(values: dict[str, dict[str, float]], estimators: Sequence[s
   return _png(fig, dpi)
 
 
+OVER_THE_BOUND = ("Empirical epsilon above the theoretical one (the training does not meet "
+                  "its guarantee, or the accounting is wrong): ")
+
+
 def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
   pa = run.results.get("privacy_audit")
   if not isinstance(pa, dict):
@@ -1004,8 +1019,7 @@ def _privacy_audit_section(run: _Run, dpi: int) -> list[_Block]:
     over = [(f"{n} ({est})", e) for n, d in bars.items() for est, e in d.items()
             if e > theo + 1e-9]
     if over:
-      blocks.append(_Block("warn", "Empirical epsilon above the theoretical one (the "
-                           "training does not meet its guarantee, or the accounting is wrong): "
+      blocks.append(_Block("warn", OVER_THE_BOUND
                            + ", ".join(f"{n}: {_fmt(e)}" for n, e in over)))
   if bars:
     blocks.append(_Block("plot", plot=_Plot(
@@ -1074,8 +1088,7 @@ def write_report(run_dir: str | os.PathLike, *, dpi: int = 100) -> tuple[str, st
     MiaInputError: ``run_dir`` is not a directory, or its ``results.json`` is missing or
       unreadable, or ``scores.npz`` is malformed.
   """
-  if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 20 <= dpi <= 600:
-    raise MiaInputError(f"dpi: expected an integer in [20, 600], got {dpi!r}")
+  check_dpi(dpi)
   run = _load_run(run_dir)
   top, layers = _attack_metrics(run)
 
@@ -1132,24 +1145,23 @@ def write_sweep_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     MiaInputError: no run, a run given twice, a run that is not a finished audit or was
       audited without canaries, or a bad ``dpi``.
   """
-  if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or not 20 <= dpi <= 600:
-    raise MiaInputError(f"dpi: expected an integer in [20, 600], got {dpi!r}")
+  check_dpi(dpi)
   if isinstance(run_dirs, (str, os.PathLike)) or not run_dirs:
     raise MiaInputError(f"run_dirs: expected one or more run directories, got {run_dirs!r}")
   seen: dict[str, str] = {}
-  runs = []
-  for d in run_dirs:
-    run = _load_run(d)
-    key = os.path.realpath(run.run_dir)
+  paths, audits = [], []
+  for d in run_dirs:  # results.json only: the sweep needs no per-example scores
+    path, results = _load_results(d)
+    key = os.path.realpath(path)
     if key in seen:
       raise MiaInputError(f"run_dirs: {d} is given twice (as {seen[key]})")
     seen[key] = str(d)
-    if not isinstance(run.results.get("privacy_audit"), dict):
+    if not isinstance(results.get("privacy_audit"), dict):
       raise MiaInputError(f"run_dirs: {d} has no privacy audit (audit it with --canaries N)")
-    runs.append(run)
-  names = _short_names([r.run_dir for r in runs])
-  audits = [r.results["privacy_audit"] for r in runs]
-  order = sorted(range(len(runs)), key=lambda i: (_eps_value(audits[i].get("theoretical_epsilon")),
+    paths.append(path)
+    audits.append(results["privacy_audit"])
+  names = _short_names(paths)
+  order = sorted(range(len(paths)), key=lambda i: (_eps_value(audits[i].get("theoretical_epsilon")),
                                                   names[i]))
   estimators = list(dict.fromkeys(str(e) for a in audits for e in a.get("estimators") or []))
 
@@ -1179,7 +1191,7 @@ def write_sweep_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.
   confidences = {str(a.get("confidence")) for a in audits}
   deltas = {str(a.get("delta")) for a in audits}
   blocks = [_Block("h1", "Privacy-audit sweep: empirical against theoretical epsilon"),
-            _Block("p", f"{len(runs)} audit runs with canaries"
+            _Block("p", f"{len(paths)} audit runs with canaries"
                         + (f" ({next(iter(setups))} canaries)" if len(setups) == 1 else "")
                         + f"; lower bounds at confidence {', '.join(sorted(confidences))} and "
                           f"delta {', '.join(sorted(deltas))}. A valid audit of a correct DP "
@@ -1189,9 +1201,7 @@ def write_sweep_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.
     blocks.append(_Block("warn", "The runs' bounds hold at different confidences or deltas; "
                                  "compare them with care."))
   if over:
-    blocks.append(_Block("warn", "Empirical epsilon above the theoretical one (the training "
-                                 "does not meet its guarantee, or the accounting is wrong): "
-                                 + "; ".join(over)))
+    blocks.append(_Block("warn", OVER_THE_BOUND + "; ".join(over)))
   if points:
     blocks.append(_Block("plot", plot=_Plot(
         SWEEP_PLOT, "Empirical epsilon lower bound (each attack's best estimator per run) "
@@ -1202,7 +1212,7 @@ def write_sweep_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.
   blocks.append(_Block("table", headers=("run", "canaries", "theoretical epsilon", "attack",
                                          "AUC on canaries", "guesses")
                        + tuple(f"epsilon, {e}" for e in estimators), rows=rows))
-  blocks.append(_Block("note", "Runs: " + "; ".join(f"{names[i]} = {runs[i].run_dir}"
+  blocks.append(_Block("note", "Runs: " + "; ".join(f"{names[i]} = {paths[i]}"
                                                      for i in order)))
   out = os.path.abspath(os.fspath(out_dir))
   os.makedirs(os.path.join(out, "plots"), exist_ok=True)
