@@ -13,6 +13,10 @@ DP-SGD (Abadi et al., CCS 2016), one step:
    adds the data-independent weight-decay gradient ``config.weight_decay * params`` first,
    as for non-private training).
 
+The step is the library's one trainer with this gradient rule: the epochs run in
+:func:`mia_jax.train.run_epochs` (host-drawn batches, per-model keys, checkpoints and
+resume, progress, divergence checks), so DP models train stacked and resume like any other.
+
 Every step adds noise, also when a sampled batch is empty. BatchNorm is rejected
 (batch statistics mix examples, so per-example sensitivity would not hold); dropout
 uses an independent key per example.
@@ -56,9 +60,8 @@ import optax
 
 from mia_jax._validation import check_indices, MiaInputError, check_in_range, check_positive_int
 from mia_jax.models.base import LayeredModel
-from mia_jax.train import (Seed, TrainConfig, TrainResult, check_converging, epoch_schedule,
-                           jax_key, np_seed, program_key, progress_bar, resume_state,
-                           save_epoch_checkpoint)
+from mia_jax.train import (Seed, TrainConfig, TrainResult, epoch_schedule, jax_key, np_seed,
+                           program_key, run_epochs)
 from mia_jax.models.adapters import check_model
 
 SAMPLINGS = ("poisson", "shuffle")
@@ -293,16 +296,12 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
     coords = np.asarray(canaries[0], np.int32)
     inc = np.asarray(canaries[1], bool).reshape(len(members), coords.size)
     members = [np.concatenate([m, n_rows + np.flatnonzero(i)]) for m, i in zip(members, inc)]
-  schedules = [_Schedule(idx, config, s, sampling) for idx, s in zip(members, seeds)]
-  cap = max(s.cap for s in schedules)
-  steps = max(s.steps for s in schedules)
-  if microbatch_size is not None and microbatch_size < cap:
-    cap = -(-cap // microbatch_size) * microbatch_size
-  else:
-    microbatch_size = None
-  run, tx = _compiled_dp_epoch(model, program_key(config), microbatch_size, stacked,
-                               canaries is not None)
-  keys = [jax_key(s) for s in seeds]
+  batches = _DPBatches([_Schedule(idx, config, s, sampling) for idx, s in zip(members, seeds)],
+                       n_rows, coords.size, stacked, microbatch_size)
+  microbatch_size = batches.microbatch_size
+  epoch, tx = _compiled_dp_epoch(model, program_key(config), microbatch_size, stacked,
+                                 canaries is not None)
+  keys = jnp.stack([jax_key(s) for s in seeds])
   params = [model.init(jax.random.fold_in(k, 0))["params"] for k in keys]  # as mia_jax.train
   if stacked:
     params = jax.tree.map(lambda *a: jnp.stack(a), *params)
@@ -310,10 +309,16 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
   else:
     params = params[0]
     opt_state = tx.init(params)
-  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
   noise_std = noise_multiplier * clip_norm
-  losses = np.zeros((len(seeds), config.epochs), np.float32)
-  start = 0
+  coords_dev = jnp.asarray(coords)
+
+  def run(state, ekey, data, b):
+    idx, w, active, sampled = b
+    params, opt_state, loss = epoch(*state, ekey, *data, idx, w, active, clip_norm, noise_std,
+                                    coords_dev, sampled)
+    return (params, opt_state), loss
+
+  fingerprint = None
   if checkpoint_dir is not None:
     from mia_jax._io import hash_arrays
     fingerprint = {"config": dataclasses.asdict(config), "dp": [noise_multiplier, clip_norm,
@@ -323,46 +328,49 @@ def _run_dp(model, x, y, members: list[np.ndarray], seeds: list, config: TrainCo
                    "model": repr(dict(model.spec))}
     if canaries is not None:
       fingerprint["gradient_canaries"] = hash_arrays(coords)
-    start, saved = resume_state(checkpoint_dir, {"state": (params, opt_state), "losses": losses},
-                                fingerprint, "DP-SGD training")
-    if saved is not None:
-      params, opt_state = saved["state"]
-      losses = np.array(saved["losses"])
-      for e in range(start):  # replay the host draws so epoch `start` sees the same batches
-        for s in schedules:
-          s.epoch(e)
-  advance, close = progress_bar(progress, config.epochs, description)
-  for _ in range(start):
-    advance()
-  for e in range(start, config.epochs):
-    idx = np.zeros((len(seeds), steps, cap), np.int32)
-    w = np.zeros((len(seeds), steps, cap), np.float32)
-    active = np.zeros((len(seeds), steps), bool)
-    sampled = np.zeros((len(seeds), steps, coords.size), bool)
-    for m, s in enumerate(schedules):
+  (params, _), losses = run_epochs(
+      run, (params, opt_state), batches, keys, (jnp.asarray(x), jnp.asarray(y)), config=config,
+      stacked=stacked, description=description, progress=progress,
+      checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)
+  return TrainResult({"params": params}, losses if stacked else losses[0])
+
+
+class _DPBatches:
+  """Every model's DP-SGD batches of an epoch, padded to common shapes, for
+  :func:`mia_jax.train.run_epochs`: ``epoch(e) -> (idx int32[M, T, cap], w [M, T, cap],
+  active bool[M, T], sampled bool[M, T, P])``. A sampled gradient canary (an index past
+  the ``n_rows`` data rows) leaves the batch for ``sampled`` (its gradient is planted)."""
+
+  def __init__(self, schedules: list[_Schedule], n_rows: int, num_canaries: int,
+               stacked: bool, microbatch_size: int | None):
+    self.schedules, self.n_rows, self.num_canaries = schedules, n_rows, num_canaries
+    self.stacked = stacked
+    self.cap = max(s.cap for s in schedules)
+    self.steps = max(s.steps for s in schedules)
+    if microbatch_size is not None and microbatch_size < self.cap:
+      self.cap = -(-self.cap // microbatch_size) * microbatch_size
+    else:
+      microbatch_size = None
+    self.microbatch_size = microbatch_size
+
+  def epoch(self, e: int):
+    m_count = len(self.schedules)
+    idx = np.zeros((m_count, self.steps, self.cap), np.int32)
+    w = np.zeros((m_count, self.steps, self.cap), np.float32)
+    active = np.zeros((m_count, self.steps), bool)
+    sampled = np.zeros((m_count, self.steps, self.num_canaries), bool)
+    for m, s in enumerate(self.schedules):
       i_m, w_m = s.epoch(e)
-      if coords.size:  # sampled gradient canaries leave the batch for the planted sum
-        virtual = (i_m >= n_rows) & (w_m > 0)
+      if self.num_canaries:  # sampled gradient canaries leave the batch for the planted sum
+        virtual = (i_m >= self.n_rows) & (w_m > 0)
         t_at, slot = np.nonzero(virtual)
-        sampled[m, t_at, i_m[t_at, slot] - n_rows] = True
+        sampled[m, t_at, i_m[t_at, slot] - self.n_rows] = True
         i_m, w_m = np.where(virtual, 0, i_m), np.where(virtual, 0.0, w_m).astype(np.float32)
       idx[m, :i_m.shape[0], :i_m.shape[1]] = i_m
       w[m, :w_m.shape[0], :w_m.shape[1]] = w_m
       active[m, :s.steps] = True
-    ekeys = [jax.random.fold_in(k, e + 1) for k in keys]
-    args = (jnp.stack(ekeys), x_dev, y_dev, jnp.asarray(idx), jnp.asarray(w),
-            jnp.asarray(active)) if stacked else (ekeys[0], x_dev, y_dev, jnp.asarray(idx[0]),
-                                                  jnp.asarray(w[0]), jnp.asarray(active[0]))
-    pm = jnp.asarray(sampled) if stacked else jnp.asarray(sampled[0])
-    params, opt_state, loss = run(params, opt_state, *args, clip_norm, noise_std,
-                                  jnp.asarray(coords), pm)
-    losses[:, e] = np.asarray(loss)
-    check_converging(losses[:, e], description, e + 1, config)
-    if checkpoint_dir is not None:
-      save_epoch_checkpoint(checkpoint_dir, e + 1, (params, opt_state), losses, fingerprint)
-    advance()
-  close()
-  return TrainResult({"params": params}, losses if stacked else losses[0])
+    out = (idx, w, active, sampled)
+    return out if self.stacked else tuple(a[0] for a in out)
 
 
 def train_model_dp(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),

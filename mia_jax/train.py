@@ -1,12 +1,21 @@
-"""Training with optax: one model, or M models at once with params stacked on axis 0.
+"""The library's one trainer (optax): one model, or M models at once with params stacked
+on axis 0, for any objective.
+
+:func:`train_model` / :func:`train_models` fit classifier models (target, reference and
+shadow models, proxies); :mod:`mia_jax.dp` runs DP-SGD's clipped, noised step in the same
+epoch loop (:func:`run_epochs`); the attack classifiers (Shokri et al.'s per-class models,
+the meta-attack, Nasr et al.'s network) are :func:`train_objective` with their own
+objectives (:class:`ModelObjective` shows what an objective provides).
 
 Both paths share one per-model step function; the stacked path ``vmap``s it over the model
-axis (an epoch is a ``lax.scan`` of steps on accelerators, a host loop on the CPU). Each model sees only its own examples (a row of
-``keep``) in its own shuffled order, drawn on the host with
-``np.random.default_rng(seed)``. Batches are index arrays into the training set, which
-stays on the device; a batch of a model that has fewer examples than the largest model
-is padded with zero-weight examples, and a step with no real example leaves that model's
-state unchanged, so training M models stacked equals training each alone.
+axis (an epoch is a ``lax.scan`` of steps on accelerators, a host loop on the CPU; with
+:class:`FullBatch` every epoch is one step on all examples and all epochs are one compiled
+``lax.fori_loop``). Each model sees only its own examples (a row of ``keep``) in its own
+shuffled order, drawn on the host with ``np.random.default_rng(seed)``. Batches are index
+arrays into the training data (a pytree of arrays), which stays on the device; a batch of
+a model that has fewer examples than the largest model is padded with zero-weight
+examples, and a step with no real example leaves that model's state unchanged, so
+training M models stacked equals training each alone.
 
 Seeds: model ``m`` of a stack trained with ``seed=s`` uses seed ``(s, m)``;
 ``train_model(..., seed=(s, m))`` reproduces it alone.
@@ -20,7 +29,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -122,9 +131,10 @@ class _Schedule(NamedTuple):
 
 def epoch_schedule(rng: np.random.Generator, indices: np.ndarray, batch_size: int,
                     num_steps: int) -> _Schedule:
-  """One shuffled epoch over ``indices`` cut into ``num_steps`` padded batches."""
-  perm = rng.permutation(indices)
+  """One shuffled epoch over ``indices`` cut into ``num_steps`` padded batches (examples of
+  the shuffle past ``num_steps * batch_size`` sit this epoch out: a dropped last batch)."""
   total = num_steps * batch_size
+  perm = rng.permutation(indices)[:total]
   idx = np.zeros(total, np.int32)
   w = np.zeros(total, np.float32)
   idx[:perm.size] = perm
@@ -136,20 +146,116 @@ def _steps(n: int, batch_size: int) -> int:
   return -(-n // batch_size)
 
 
+# -- batches: what each model sees in an epoch, drawn on the host -----------------------------
+
+class ShuffledBatches:
+  """Minibatches: model m's examples (``keep[m]``) in its own shuffled order every epoch,
+  drawn from its own generator ``rngs[m]``, cut into batches of ``batch_size``. Every model
+  takes as many steps as the one with the most examples; the others' batches are padded
+  with zero-weight examples, and a step with none leaves a model unchanged (so M models
+  stacked train as each would alone). ``drop_last``: each epoch's last incomplete batch is
+  left out (its examples come back in later shuffles).
+
+  ``epoch(e)`` -> ``(idx int32[M, T, B], weight float32[M, T, B])`` (without the M axis
+  unless ``stacked``). Epochs are drawn in order; a resumed run draws the ones it skips
+  again, so the generators are where an uninterrupted run would have them.
+  """
+
+  def __init__(self, keep: np.ndarray, batch_size: int, rngs: Sequence[np.random.Generator],
+               *, stacked: bool = True, drop_last: bool = False):
+    self.keep = keep
+    self.members = [np.flatnonzero(k) for k in keep]
+    self.batch_size, self.rngs, self.stacked = int(batch_size), list(rngs), stacked
+    count = (lambda n: max(1, n // self.batch_size)) if drop_last else (
+        lambda n: _steps(n, self.batch_size))
+    self.num_steps = max(count(len(idx)) for idx in self.members)
+
+  def epoch(self, e: int):
+    sched = [epoch_schedule(r, idx, self.batch_size, self.num_steps)
+             for r, idx in zip(self.rngs, self.members)]
+    if not self.stacked:
+      return sched[0].idx, sched[0].weight
+    return np.stack([s.idx for s in sched]), np.stack([s.weight for s in sched])
+
+  def fingerprint(self):
+    from mia_jax._io import hash_arrays
+    return hash_arrays(self.keep)
+
+
+class FullBatch:
+  """Full-batch training: every epoch is one step on the same batch, ``idx`` int[M, B]
+  (or [B]) with ``weight`` float[M, B] (1 real, 0 padding), in the given order (no
+  shuffling). :func:`train_objective` runs all its epochs in one compiled loop."""
+
+  def __init__(self, idx, weight):
+    self.idx = np.asarray(idx, np.int32)
+    self.weight = np.asarray(weight, np.float32)
+
+  @classmethod
+  def from_keep(cls, keep: np.ndarray) -> "FullBatch":
+    """Each model's examples in row order, padded to the largest model's count."""
+    members = [np.flatnonzero(k) for k in keep]
+    width = max(len(m) for m in members)
+    idx = np.zeros((len(members), width), np.int32)
+    weight = np.zeros((len(members), width), np.float32)
+    for m, rows in enumerate(members):
+      idx[m, :rows.size], weight[m, :rows.size] = rows, 1.0
+    return cls(idx, weight)
+
+  def epoch(self, e: int):
+    return self.idx[..., None, :], self.weight[..., None, :]  # one step [.., T=1, B]
+
+  def fingerprint(self):
+    from mia_jax._io import hash_arrays
+    return hash_arrays(self.idx, self.weight)
+
+
+# -- objectives: what the trainer minimizes ------------------------------------------------------
+
+class ModelObjective(NamedTuple):
+  """A classifier's objective: the mean softmax cross-entropy of the real examples of a
+  batch ``(x, y)`` (the model's train-mode forward: dropout, BatchNorm statistics).
+
+  The trainer reads an objective through ``init(key) -> variables`` (used when it
+  initializes), ``loss(params, other, batch, weight, key) -> (loss, new_other)`` (``other``
+  the non-parameter collections, ``weight`` float[B] 1 real / 0 padding, ``key`` this
+  step's) and ``describe() -> str`` (in the checkpoint fingerprint). Objectives are
+  hashable: the compiled steps are cached on them.
+  """
+  model: Any
+
+  def init(self, key):
+    return self.model.init(key)
+
+  def loss(self, params, other, batch, weight, key):
+    xb, yb = batch
+    logits, new_other = self.model.apply_train({"params": params, **other}, xb, key,
+                                               mask=weight > 0)
+    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    return jnp.sum(per_ex * weight) / jnp.maximum(jnp.sum(weight), 1.0), new_other
+
+  def describe(self) -> str:
+    return repr(dict(self.model.spec))
+
+
 def program_key(config: TrainConfig) -> TrainConfig:
   """What of a recipe changes the compiled step: everything but ``epochs`` (a longer run
   of the same recipe reuses the compiled step)."""
   return dataclasses.replace(config, epochs=1)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool,
-                    mesh: jax.sharding.Mesh | None = None):
-  """The compiled epoch, cached per model, recipe, mode and mesh so that repeated training
-  (shadow models, proxies, tests) compiles once per input shape.
+_AXES = (0, 0, 0, 0, None, 0, 0, None)
+"""vmap axes of a step's (params, other, opt_state, key, data, idx, weight, t)."""
 
-  Returns ``(run, tx)`` with ``run(params, other, opt_state, key, x, y, idx, w) ->
-  (params, other, opt_state, mean_loss)``; ``idx``/``w`` are [T, B] (or [M, T, B]).
+
+@functools.lru_cache(maxsize=64)
+def _compiled_epoch(objective, config: TrainConfig, stacked: bool,
+                    mesh: jax.sharding.Mesh | None = None):
+  """The compiled epoch, cached per objective, recipe (without ``epochs``), mode and mesh,
+  so that repeated training (shadow models, proxies, tests) compiles once per input shape.
+
+  Returns ``(run, tx)`` with ``run(state, key, data, (idx, w)) -> (state, mean_loss)``,
+  ``state = (params, other, opt_state)`` and ``idx``/``w`` [T, B] (or [M, T, B]).
   On accelerators the T steps are one ``lax.scan`` inside one jit; on the CPU the jitted
   step is called T times from the host, because XLA:CPU runs convolution backward passes
   inside a loop body several times slower (see mia_jax/_batching.py). Both run the same
@@ -159,73 +265,105 @@ def _compiled_epoch(model: LayeredModel, config: TrainConfig, stacked: bool,
   every output has its model axis split over "model", the data is replicated; so each
   device steps its own models, and outputs come back placed as inputs (no recompile).
   """
-  step, tx = _make_step_fn(model, config)
-  axes = (0, 0, 0, 0, None, None, 0, 0, None)
+  step, tx = _make_step_fn(objective, config)
   shardings = {}
   if mesh is not None:
     per_model, whole = stacked_sharding(mesh), replicated_sharding(mesh)
-    shardings = dict(in_shardings=tuple(whole if a is None else per_model for a in axes),
+    shardings = dict(in_shardings=tuple(whole if a is None else per_model for a in _AXES),
                      out_shardings=per_model)
   if not on_cpu():
-    def epoch(params, other, opt_state, key, x_all, y_all, idx, w):
+    def epoch(params, other, opt_state, key, data, idx, w):
       def body(carry, batch):
         idx_b, wb, t = batch
-        *carry, loss, count = step(*carry, key, x_all, y_all, idx_b, wb, t)
+        *carry, loss, count = step(*carry, key, data, idx_b, wb, t)
         return tuple(carry), (loss, count)
       t = jnp.arange(idx.shape[0])
       (params, other, opt_state), (losses, counts) = jax.lax.scan(
           body, (params, other, opt_state), (idx, w, t))
       return params, other, opt_state, jnp.sum(losses * counts) / jnp.maximum(jnp.sum(counts), 1.0)
     if shardings:
-      shardings["in_shardings"] = shardings["in_shardings"][:8]
-    return jax.jit(jax.vmap(epoch, in_axes=axes[:8]) if stacked else epoch, **shardings), tx
+      shardings["in_shardings"] = shardings["in_shardings"][:7]
+    fn = jax.jit(jax.vmap(epoch, in_axes=_AXES[:7]) if stacked else epoch, **shardings)
 
-  step_jit = jax.jit(jax.vmap(step, in_axes=axes) if stacked else step, **shardings)
+    def run(state, key, data, batches):
+      *state, loss = fn(*state, key, data, *batches)
+      return tuple(state), loss
+    return run, tx
 
-  def run(params, other, opt_state, key, x_all, y_all, idx, w):
+  step_jit = jax.jit(jax.vmap(step, in_axes=_AXES) if stacked else step, **shardings)
+
+  def run(state, key, data, batches):
+    idx, w = batches
     losses, counts = [], []
     for t in range(idx.shape[-2]):
-      params, other, opt_state, loss, count = step_jit(
-          params, other, opt_state, key, x_all, y_all, idx[..., t, :], w[..., t, :], t)
+      *state, loss, count = step_jit(*state, key, data, idx[..., t, :], w[..., t, :], t)
       losses.append(loss)
       counts.append(count)
     losses, counts = jnp.stack(losses, -1), jnp.stack(counts, -1)
-    return params, other, opt_state, jnp.sum(losses * counts, -1) / jnp.maximum(jnp.sum(counts, -1), 1.0)
+    return tuple(state), jnp.sum(losses * counts, -1) / jnp.maximum(jnp.sum(counts, -1), 1.0)
 
   return run, tx
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_init(model: LayeredModel, stacked: bool):
-  return jax.jit(jax.vmap(model.init) if stacked else model.init)
+def _compiled_full_batch(objective, config: TrainConfig, stacked: bool, buffer: int):
+  """All epochs of full-batch training in one compiled ``lax.fori_loop`` (a traced trip
+  count: changing ``epochs`` within ``buffer`` does not recompile). Epoch e is the step
+  the host loop would take with epoch key ``fold_in(key, e + 1)`` and step 0, so it equals
+  :class:`FullBatch` through the host loop. Returns ``(run, tx)``; ``run(params, other,
+  opt_state, key, data, idx, w, epochs) -> (params, other, opt_state, losses[buffer])``.
+  Every model's batch has a real example (checked by the caller), so no step is skipped."""
+  step, tx = _make_step_fn(objective, config, skip_empty=False, gathered=True)
+
+  def whole(params, other, opt_state, key, data, idx, w, epochs):
+    batch = jax.tree.map(lambda a: a[idx], data)  # the same batch every epoch: gathered once
+
+    def body(e, carry):
+      params, other, opt_state, losses = carry
+      params, other, opt_state, loss, _ = step(params, other, opt_state,
+                                               jax.random.fold_in(key, e + 1), batch, w, 0)
+      return params, other, opt_state, losses.at[e].set(loss)
+    return jax.lax.fori_loop(0, epochs, body,
+                             (params, other, opt_state, jnp.zeros(buffer, jnp.float32)))
+
+  return jax.jit(jax.vmap(whole, in_axes=_AXES) if stacked else whole), tx
 
 
-def _make_step_fn(model: LayeredModel, config: TrainConfig):
-  """One optimizer step of one model on the batch ``x_all[idx_b]`` with weights ``wb``:
-  (params, other, opt_state, key, x_all, y_all, idx_b, wb, t) ->
-  (params, other, opt_state, loss, number of real examples)."""
+@functools.lru_cache(maxsize=64)
+def _compiled_init(objective, stacked: bool):
+  return jax.jit(jax.vmap(objective.init) if stacked else objective.init)
+
+
+def _make_step_fn(objective, config: TrainConfig, skip_empty: bool = True, gathered: bool = False):
+  """One optimizer step of one model on the batch ``data[idx_b]`` (every leaf of the data
+  pytree indexed) with weights ``wb``: (params, other, opt_state, key, data, idx_b, wb, t)
+  -> (params, other, opt_state, loss, number of real examples). ``gathered``: the step
+  takes the batch itself in place of (data, idx_b). ``skip_empty``: a step without real
+  examples leaves the model as it was (needless when every batch has one)."""
   tx = config.optimizer_fn()
 
-  def loss_fn(params, other, xb, yb, wb, key):
-    logits, new_other = model.apply_train({"params": params, **other}, xb, key, mask=wb > 0)
-    per_ex = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-    loss = jnp.sum(per_ex * wb) / jnp.maximum(jnp.sum(wb), 1.0)
-    return loss, new_other  # weight decay: its gradient is in TrainConfig.optimizer_fn
-
-  def step(params, other, opt_state, key, x_all, y_all, idx_b, wb, t):
-    (loss, new_other), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, other, x_all[idx_b], y_all[idx_b], wb, jax.random.fold_in(key, t))
+  def step_on(params, other, opt_state, key, batch, wb, t):
+    # Weight decay: its gradient is in TrainConfig.optimizer_fn.
+    (loss, new_other), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        params, other, batch, wb, jax.random.fold_in(key, t))
     if config.weight_decay > 0:  # the reported loss is the penalized objective
       l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
       loss = loss + 0.5 * config.weight_decay * l2
     updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
+    new = (optax.apply_updates(params, updates), {**other, **new_other}, new_opt)
+    if not skip_empty:
+      return *new, loss, jnp.sum(wb)
     # A step with no real example (padding for a model with fewer examples) is a no-op.
     has_data = jnp.sum(wb) > 0
-    new = (new_params, {**other, **new_other}, new_opt)
     params, other, opt_state = jax.tree.map(
         lambda a, b: jnp.where(has_data, a, b), new, (params, other, opt_state))
     return params, other, opt_state, loss, jnp.sum(wb)
+
+  if gathered:
+    return step_on, tx
+
+  def step(params, other, opt_state, key, data, idx_b, wb, t):
+    return step_on(params, other, opt_state, key, jax.tree.map(lambda a: a[idx_b], data), wb, t)
 
   return step, tx
 
@@ -409,72 +547,171 @@ class log_to:  # noqa: N801 - used as a context manager, like a function
 
 def _train(model, x, y, keep, config, seeds, init_variables, progress, description, stacked,
            checkpoint_dir=None, checkpoint_every=1, on_epoch=None, mesh=None):
-  m_count = keep.shape[0]
-  run, tx = _compiled_epoch(model, program_key(config), stacked, mesh)
-  keys = [jax_key(s) for s in seeds]
+  batches = ShuffledBatches(keep, config.batch_size, [np.random.default_rng(s) for s in seeds],
+                            stacked=stacked)
+  return _fit(ModelObjective(model), (x, y), batches, config, seeds, init_variables, progress,
+              description, stacked, checkpoint_dir, checkpoint_every, on_epoch, mesh)
+
+
+def train_objective(objective, data, batches, *, config: TrainConfig, seeds: Sequence[Seed],
+                    stacked: bool, init_variables: Variables | None = None,
+                    progress=None, description: str = "training", checkpoint_dir=None,
+                    checkpoint_every: int = 1, on_epoch=None) -> TrainResult:
+  """The trainer itself, for any objective: what :func:`train_model` and
+  :func:`train_models` run for a classifier model, and the attack networks (Shokri et
+  al.'s and the meta-attack's classifiers, Nasr et al.'s network) run for theirs.
+
+  Args:
+    objective: hashable, with ``loss(params, other, batch, weight, key) -> (loss,
+      new_other)``, ``describe()`` and, unless ``init_variables`` is given, ``init(key)``
+      (see :class:`ModelObjective`).
+    data: a pytree of arrays with a leading example axis N, on the device once; a step's
+      batch is every leaf indexed by the step's indices.
+    batches: :class:`ShuffledBatches` (minibatches, host-shuffled), :class:`FullBatch`
+      (every epoch one step on all examples, all epochs in one compiled loop), or any
+      object with ``epoch(e) -> (idx int32[M, T, B], weight float32[M, T, B])`` and
+      ``fingerprint()``.
+    config: the recipe (optimizer, learning rate, weight decay, epochs; the batch size is
+      ``batches``').
+    seeds: one per model: model m's keys derive from ``jax_key(seeds[m])`` (its
+      initialization from fold 0, epoch e's from fold e + 1, step t's from that folded
+      with t).
+    stacked: M models with a leading model axis (else one model, no axis).
+    init_variables: start from these (else ``objective.init``).
+    progress, description, checkpoint_dir, checkpoint_every, on_epoch: as in
+      :func:`train_model` (not with :class:`FullBatch`).
+
+  Returns:
+    TrainResult(variables, losses[M, epochs] or [epochs]).
+  """
+  leaves = jax.tree.leaves(data)
+  if not leaves or len({np.shape(a)[0] if np.ndim(a) else -1 for a in leaves}) != 1:
+    raise MiaInputError("data: expected a pytree of arrays sharing a leading example axis, "
+                        f"got shapes {[np.shape(a) for a in leaves]}")
+  if not isinstance(config, TrainConfig):
+    raise MiaInputError(f"config: expected a TrainConfig, got {type(config).__name__}")
+  if not seeds or (not stacked and len(seeds) != 1):
+    raise MiaInputError(f"seeds: expected one seed per model, got {len(seeds)}")
+  return _fit(objective, data, batches, config, [np_seed(s) for s in seeds], init_variables,
+              progress, description, stacked, checkpoint_dir, checkpoint_every, on_epoch)
+
+
+def _fit(objective, data, batches, config, seeds, init_variables, progress, description,
+         stacked, checkpoint_dir=None, checkpoint_every=1, on_epoch=None, mesh=None):
+  keys = jnp.stack([jax_key(s) for s in seeds])
   if init_variables is None:
-    init_keys = jnp.stack([jax.random.fold_in(k, 0) for k in keys])
+    init_keys = _fold_all(keys, 0)
     if mesh is not None:
       init_keys = shard_stacked(init_keys, mesh)
-    variables = (_compiled_init(model, stacked)(init_keys) if stacked
-                 else _compiled_init(model, stacked)(init_keys[0]))
+    variables = _compiled_init(objective, stacked)(init_keys if stacked else init_keys[0])
   else:
     variables = init_variables
   params = variables["params"]
   other = {c: t for c, t in variables.items() if c != "params"}
-  if stacked:
-    opt_state = jax.vmap(tx.init)(params)
-  else:
-    opt_state = tx.init(params)
-  rngs = [np.random.default_rng(s) for s in seeds]
-  members = [np.flatnonzero(keep[m]) for m in range(m_count)]
-  num_steps = max(_steps(len(idx), config.batch_size) for idx in members)
-  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
-  losses = np.zeros((m_count, config.epochs), np.float32)
-  check_positive_int(checkpoint_every, "checkpoint_every")
-  start, saved = 0, None
+  data = jax.tree.map(jnp.asarray, data)
+  if isinstance(batches, FullBatch):
+    if checkpoint_dir is not None or on_epoch is not None or mesh is not None:
+      raise MiaInputError("batches: full-batch training runs every epoch in one compiled "
+                          "loop, without checkpoint_dir, on_epoch or a mesh")
+    return _fit_full_batch(objective, data, batches, config, keys, params, other, progress,
+                           description, stacked)
+  run, tx = _compiled_epoch(objective, program_key(config), stacked, mesh)
+  opt_state = jax.vmap(tx.init)(params) if stacked else tx.init(params)
+  fingerprint = None
   if checkpoint_dir is not None:
     from mia_jax._io import hash_arrays
     fingerprint = {"config": dataclasses.asdict(config),
                    "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
-                   "keep": hash_arrays(keep), "data": hash_arrays(x, y),
-                   "model": repr(dict(model.spec))}
-    like = {"state": (params, other, opt_state), "losses": losses}
-    start, saved = resume_state(checkpoint_dir, like, fingerprint, description)
-  if saved is not None:
-    params, other, opt_state = saved["state"]
-    losses = np.array(saved["losses"])
-    for _ in range(start):  # replay the host shuffles so epoch `start` sees the same order
-      for r, idx in zip(rngs, members):
-        epoch_schedule(r, idx, config.batch_size, num_steps)
+                   "keep": batches.fingerprint(), "data": hash_arrays(*jax.tree.leaves(data)),
+                   "model": objective.describe()}
+  state, losses = run_epochs(
+      run, (params, other, opt_state), batches, keys, data, config=config, stacked=stacked,
+      description=description, progress=progress, checkpoint_dir=checkpoint_dir,
+      checkpoint_every=checkpoint_every, fingerprint=fingerprint, mesh=mesh,
+      on_epoch=None if on_epoch is None else (
+          lambda e, s: on_epoch(e, {"params": s[0], **s[1]})))
+  params, other, _ = state
+  return TrainResult({"params": params, **other}, losses if stacked else losses[0])
+
+
+def _fit_full_batch(objective, data, batches, config, keys, params, other, progress,
+                    description, stacked):
+  empty = np.flatnonzero(~np.any(np.reshape(batches.weight, (-1, batches.weight.shape[-1])) > 0,
+                                 axis=-1))
+  if empty.size:
+    raise MiaInputError(f"batches: model(s) {empty[:5].tolist()} have no training examples")
+  buffer = 1 << max(0, config.epochs - 1).bit_length()  # nearby epoch counts share a compile
+  fn, tx = _compiled_full_batch(objective, program_key(config), stacked, buffer)
+  opt_state = jax.vmap(tx.init)(params) if stacked else tx.init(params)
+  idx, w = (jnp.asarray(a) for a in (batches.idx, batches.weight))
+  advance, close = progress_bar(progress, 1, description)
+  params, other, _, losses = fn(params, other, opt_state, keys if stacked else keys[0], data,
+                                idx, w, config.epochs)
+  losses = np.asarray(losses, np.float32).reshape(-1, buffer)[:, :config.epochs]
+  diverged = ~np.all(np.isfinite(losses), axis=0)
+  if diverged.any():  # the first diverged epoch, as the host loop reports it
+    e = int(np.argmax(diverged))
+    check_converging(losses[:, e], description, e + 1, config)
+  advance()
+  close()
+  return TrainResult({"params": params, **other}, losses if stacked else losses[0])
+
+
+def _fold_all(keys: jax.Array, data: int) -> jax.Array:
+  """``fold_in(k, data)`` for each key of a stack (one call)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def run_epochs(run, state, batches, keys: jax.Array, data, *, config: TrainConfig,
+               stacked: bool, description: str, progress=None, checkpoint_dir=None,
+               checkpoint_every: int = 1, fingerprint=None, on_epoch=None, mesh=None):
+  """The training loop every trainer shares (plain and DP-SGD steps, the attack networks).
+
+  For each epoch e: the host draws every model's batches (``batches.epoch(e)``, a pytree
+  of arrays with a leading model axis when ``stacked``), folds e + 1 into each model's key
+  (``keys``: a stack of M keys), and the compiled ``run(state, epoch_keys, data, batches)
+  -> (state, loss[M])`` takes the epoch's steps; a non-finite loss stops training with
+  :class:`TrainingDivergedError`. With ``checkpoint_dir`` the state is saved every
+  ``checkpoint_every`` epochs (and at the end) under ``fingerprint``, and a run finds and
+  resumes the newest intact one, drawing the skipped epochs' batches again so that it
+  ends as an uninterrupted run would. ``on_epoch(e, state)`` after each epoch.
+
+  Returns:
+    (state, losses float32[M, epochs]).
+  """
+  m_count = keys.shape[0]
+  losses = np.zeros((m_count, config.epochs), np.float32)
+  check_positive_int(checkpoint_every, "checkpoint_every")
+  start = 0
+  if checkpoint_dir is not None:
+    start, saved = resume_state(checkpoint_dir, {"state": state, "losses": losses},
+                                fingerprint, description)
+    if saved is not None:
+      state, losses = saved["state"], np.array(saved["losses"])
+      for e in range(start):  # replay the host draws so epoch `start` sees the same batches
+        batches.epoch(e)
   if mesh is not None:  # the models split over the devices, the data on every device
-    params, other, opt_state = shard_stacked((params, other, opt_state), mesh)
-    x_dev, y_dev = replicate((x_dev, y_dev), mesh)
+    state, data = shard_stacked(state, mesh), replicate(data, mesh)
   advance, close = progress_bar(progress, config.epochs, description)
   for _ in range(start):
     advance()
   for e in range(start, config.epochs):
-    sched = [epoch_schedule(r, idx, config.batch_size, num_steps) for r, idx in zip(rngs, members)]
-    epoch_keys = [jax.random.fold_in(k, e + 1) for k in keys]
-    if stacked:
-      idx = jnp.asarray(np.stack([s.idx for s in sched]))
-      w = jnp.asarray(np.stack([s.weight for s in sched]))
-      ekey = jnp.stack(epoch_keys)
-      if mesh is not None:
-        idx, w, ekey = shard_stacked((idx, w, ekey), mesh)
-    else:
-      idx, w, ekey = jnp.asarray(sched[0].idx), jnp.asarray(sched[0].weight), epoch_keys[0]
-    params, other, opt_state, loss = run(params, other, opt_state, ekey, x_dev, y_dev, idx, w)
+    arrays = jax.tree.map(jnp.asarray, batches.epoch(e))
+    ekey = _fold_all(keys, e + 1)
+    if not stacked:
+      ekey = ekey[0]
+    if mesh is not None:
+      arrays, ekey = shard_stacked((arrays, ekey), mesh)
+    state, loss = run(state, ekey, data, arrays)
     losses[:, e] = (np.asarray(loss) if mesh is None else gather(loss)).reshape(-1)
     check_converging(losses[:, e], description, e + 1, config)
     if checkpoint_dir is not None and ((e + 1) % checkpoint_every == 0 or e + 1 == config.epochs):
-      save_epoch_checkpoint(checkpoint_dir, e + 1, (params, other, opt_state), losses, fingerprint)
+      save_epoch_checkpoint(checkpoint_dir, e + 1, state, losses, fingerprint)
     if on_epoch is not None:
-      on_epoch(e, {"params": params, **other})
+      on_epoch(e, state)
     advance()
   close()
-  variables = {"params": params, **other}
-  return TrainResult(variables, losses if stacked else losses[0])
+  return state, losses
 
 
 def check_converging(epoch_losses, description: str, epoch: int, config: TrainConfig) -> None:

@@ -322,7 +322,8 @@ def test_interrupted_stacked_dp_training_resumes_with_the_same_result(tmp_path, 
   for sampling in ("poisson", "shuffle"):
     kw = dict(config=cfg, noise_multiplier=1.0, clip_norm=1.0, seed=4, sampling=sampling)
     want = dp.train_models_dp(model, x, y, keep, **kw)
-    real = dp.check_converging
+    from mia_jax import train as trainer  # the epoch loop every trainer shares
+    real = trainer.check_converging
     calls = []
 
     def stop_after_two(losses, *a):
@@ -331,15 +332,15 @@ def test_interrupted_stacked_dp_training_resumes_with_the_same_result(tmp_path, 
         raise KeyboardInterrupt
       return real(losses, *a)
 
-    monkeypatch.setattr(dp, "check_converging", stop_after_two)
+    monkeypatch.setattr(trainer, "check_converging", stop_after_two)
     ckpt = tmp_path / sampling
     with pytest.raises(KeyboardInterrupt):
       dp.train_models_dp(model, x, y, keep, checkpoint_dir=str(ckpt), **kw)
     assert sorted(os.listdir(ckpt)) == ["epoch-000001"]
     rerun = []
-    monkeypatch.setattr(dp, "check_converging", lambda *a: rerun.append(a[2]) or real(*a))
+    monkeypatch.setattr(trainer, "check_converging", lambda *a: rerun.append(a[2]) or real(*a))
     got = dp.train_models_dp(model, x, y, keep, checkpoint_dir=str(ckpt), **kw)
-    monkeypatch.setattr(dp, "check_converging", real)
+    monkeypatch.setattr(trainer, "check_converging", real)
     assert rerun == [2, 3]  # only the epochs not done were trained
     np.testing.assert_array_equal(_flat(got.variables), _flat(want.variables))
     np.testing.assert_array_equal(got.losses, want.losses)

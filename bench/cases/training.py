@@ -39,7 +39,7 @@ def _data(n_models: int, n_per_model: int, seed: int = 0):
 def _step_flops(model, config: train.TrainConfig) -> float | None:
   """XLA's FLOPs for one optimizer step of one model (library step function; private)."""
   try:
-    step, tx = train._make_step_fn(model, config)
+    step, tx = train._make_step_fn(train.ModelObjective(model), config)
     variables = random_variables(model, 0)
     params = variables["params"]
     other = {c: t for c, t in variables.items() if c != "params"}
@@ -49,8 +49,8 @@ def _step_flops(model, config: train.TrainConfig) -> float | None:
     y_all = jax.ShapeDtypeStruct((2 * b,), np.int32)
     idx = jax.ShapeDtypeStruct((b,), np.int32)
     w = jax.ShapeDtypeStruct((b,), np.float32)
-    return compiled_cost(jax.jit(step), params, other, opt_state, jax.random.key(0), x_all,
-                         y_all, idx, w, 0).flops
+    return compiled_cost(jax.jit(step), params, other, opt_state, jax.random.key(0), (x_all, y_all),
+                         idx, w, 0).flops
   except Exception:  # noqa: BLE001 -- FLOPs are optional; library internals may move
     return None
 
