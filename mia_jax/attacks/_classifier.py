@@ -1,9 +1,10 @@
 """Small binary classifiers used as attack models (logistic regression, one-hidden-layer MLP).
 
 The attack models of Shokri et al. (2017) are binary classifiers "member / non-member"
-over a model's prediction vectors. This module fits them with optax (Adam, full batch)
-in one compiled ``lax.fori_loop`` (the number of steps is traced, so it never causes a
-recompilation):
+over a model's prediction vectors. This module fits them with the library's single
+trainer (:func:`mia_jax.train.train_objective`, Adam from optax) in full-batch mode: every
+step sees all of a classifier's rows, and all steps run in one compiled ``lax.fori_loop``
+(the number of steps is traced, so changing it does not recompile):
 
 * :func:`fit_binary` / :func:`predict_binary` -- one classifier.
 * :func:`fit_binary_groups` / :func:`predict_binary_groups` -- G independent
@@ -31,7 +32,7 @@ members and the non-members of a group each carry half of the total weight, plus
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,9 +88,30 @@ def _weight_leaves(kind: str, params: Params):
   return [params["w"]] if kind == "logistic" else [params["w1"], params["w2"]]
 
 
-def _fit_one(features, labels, mask, trainable, learning_rate, l2, steps, *, kind, balance):
-  """Fits one classifier from initial ``trainable`` parameters; features float[M, D],
-  labels/mask bool[M] (mask: real rows)."""
+class ClassifierObjective(NamedTuple):
+  """The objective :func:`mia_jax.train.train_objective` minimizes for these classifiers:
+  the weighted binary cross-entropy of the batch ``(features float[B, D], labels
+  float[B], row_weight float[B])`` (the row weights hold the balance and sum to 1 over a
+  group's real rows) plus ``l2 / 2 * ||weights||^2`` over the weight matrices. The
+  standardization statistics are the ``"stats"`` collection (not trained)."""
+  kind: str
+  l2: float
+
+  def loss(self, params, other, batch, weight, key):
+    features, labels, row_weight = batch
+    full = {**params, **other["stats"]}
+    logits = jax.vmap(lambda f: binary_logit(self.kind, full, f))(features)
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+    reg = sum(jnp.sum(jnp.square(a)) for a in _weight_leaves(self.kind, full))
+    return jnp.sum(row_weight * weight * bce) + 0.5 * self.l2 * reg, {}
+
+  def describe(self) -> str:
+    return f"binary {self.kind} classifier, l2 {self.l2}"
+
+
+def _prepare_one(features, labels, mask, *, balance):
+  """Row weights, float labels and standardization statistics of one group's real rows
+  (``mask``); features float[M, D], labels/mask bool[M]."""
   w = mask.astype(jnp.float32)
   y = labels.astype(jnp.float32)
   if balance:
@@ -103,34 +125,36 @@ def _fit_one(features, labels, mask, trainable, learning_rate, l2, steps, *, kin
   mean = jnp.sum(features * mask[:, None], 0) / count
   var = jnp.sum(jnp.square(features - mean) * mask[:, None], 0) / count
   scale = jnp.where(var > 1e-12, jnp.sqrt(var), 1.0)
-
-  stats = {"mean": mean, "scale": scale}
-  tx = optax.adam(learning_rate)
-
-  def loss_fn(p):
-    full = {**p, **stats}
-    logits = jax.vmap(lambda f: binary_logit(kind, full, f))(features)
-    bce = optax.sigmoid_binary_cross_entropy(logits, y)
-    reg = sum(jnp.sum(jnp.square(a)) for a in _weight_leaves(kind, full))
-    return jnp.sum(w * bce) + 0.5 * l2 * reg
-
-  def step(_, carry):
-    p, opt = carry
-    grads = jax.grad(loss_fn)(p)
-    updates, opt = tx.update(grads, opt, p)
-    return optax.apply_updates(p, updates), opt
-
-  # A traced trip count: changing ``steps`` does not recompile.
-  trainable, _ = jax.lax.fori_loop(0, steps, step, (trainable, tx.init(trainable)))
-  return {**trainable, **stats}
+  return w, y, {"mean": mean, "scale": scale}
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled_fit(kind: str, balance: bool, grouped: bool):
-  fit = functools.partial(_fit_one, kind=kind, balance=balance)
-  if grouped:
-    fit = jax.vmap(fit, in_axes=(0, 0, 0, 0, None, None, None))
-  return jax.jit(fit)
+@functools.lru_cache(maxsize=8)
+def _compiled_prepare(balance: bool, grouped: bool):
+  prep = functools.partial(_prepare_one, balance=balance)
+  return jax.jit(jax.vmap(prep) if grouped else prep)
+
+
+def _fit(x, y, mask, init, *, kind, balance, steps, learning_rate, l2, seed, grouped):
+  """Fits one classifier (x float[M, D]) or G (x float[G, M, D]) from ``init`` with
+  full-batch Adam: the single trainer (:func:`mia_jax.train.train_objective`) with a
+  :class:`~mia_jax.train.FullBatch`, so all ``steps`` epochs are one compiled loop."""
+  from mia_jax.train import FullBatch, TrainConfig, train_objective
+  row_w, labels, stats = _compiled_prepare(balance, grouped)(x, y, mask)
+  rows = x.shape[-2]
+  if grouped:  # one data table; group g's batch is its own rows
+    data = (x.reshape(-1, x.shape[-1]), labels.reshape(-1), row_w.reshape(-1))
+    idx = np.arange(x.shape[0] * rows).reshape(x.shape[0], rows)
+    seeds = [(seed, g) for g in range(x.shape[0])]
+  else:
+    data, idx, seeds = (x, labels, row_w), np.arange(rows), [(seed,)]
+  config = TrainConfig(optimizer="adam", learning_rate=learning_rate, epochs=steps,
+                       batch_size=rows)
+  result = train_objective(ClassifierObjective(kind, float(l2)), data,
+                           FullBatch(idx, mask.astype(np.float32)), config=config,
+                           seeds=seeds, stacked=grouped,
+                           init_variables={"params": init, "stats": stats},
+                           description="attack classifier")
+  return {**result.variables["params"], **result.variables["stats"]}
 
 
 @functools.lru_cache(maxsize=32)
@@ -228,9 +252,9 @@ def fit_binary(features, labels, *, kind: str = "logistic", hidden: int = 64,
   y = check_membership(labels, n=x.shape[0], name="labels")
   mask = np.ones(x.shape[0], bool)
   x, y, mask = _pad_rows(x, 0), _pad_rows(y, 0), _pad_rows(mask, 0)
-  fit = _compiled_fit(kind, bool(balance), False)
-  init = _init(kind, x.shape[1], hidden, (seed,))
-  return fit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask), init, learning_rate, l2, steps)
+  return _fit(x, y, mask, _init(kind, x.shape[1], hidden, (seed,)), kind=kind,
+              balance=bool(balance), steps=steps, learning_rate=learning_rate, l2=l2, seed=seed,
+              grouped=False)
 
 
 def predict_binary(kind: str, params: Params, features) -> jax.Array:
@@ -282,8 +306,8 @@ def fit_binary_groups(features, labels, mask, *, kind: str = "logistic", hidden:
   x, y, msk = _pad_rows(x, 1), _pad_rows(y, 1), _pad_rows(msk, 1)
   inits = [_init(kind, x.shape[2], hidden, (seed, i)) for i in range(g)]
   init = jax.tree.map(lambda *a: np.stack(a), *inits)
-  fit = _compiled_fit(kind, bool(balance), True)
-  return fit(jnp.asarray(x), jnp.asarray(y), jnp.asarray(msk), init, learning_rate, l2, steps)
+  return _fit(x, y, msk, init, kind=kind, balance=bool(balance), steps=steps,
+              learning_rate=learning_rate, l2=l2, seed=seed, grouped=True)
 
 
 def predict_binary_groups(kind: str, params: Params, features) -> jax.Array:
