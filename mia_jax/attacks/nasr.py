@@ -51,6 +51,7 @@ from mia_jax._validation import MiaInputError, check_in_range, check_positive_in
 from mia_jax.models.base import LayeredModel, Variables
 from mia_jax.models.adapters import check_model
 from mia_jax.streams import check_scheme, stage_seed
+from mia_jax.train import ShuffledBatches, TrainConfig, jax_key, train_objective
 
 FEATURE_KEYS = ("probs", "loss", "label")
 
@@ -378,60 +379,61 @@ def fit_attack_model(features: dict[str, np.ndarray], is_member, *,
                        gradient_hidden=config.gradient_hidden,
                        component_hidden=config.component_hidden,
                        encoder_hidden=config.encoder_hidden, dropout=config.dropout)
-  key = jax.random.key(seed)
-  init_key, key = jax.random.split(key)
-  params = module.init(init_key, _take(feats, np.arange(1)))["params"]
-  tx = optax.adam(config.learning_rate)
-  opt = tx.init(params)
-  step, eval_loss = _compiled_training(module, float(config.learning_rate))
-
+  # The library's single trainer (as for target and shadow models): initialization from
+  # fold 0 of the seed's key, Adam minibatches of the training part in a fresh shuffle
+  # each epoch (drawn by `rng`, the last incomplete batch dropped), dropout keys per step.
+  params = module.init(jax.random.fold_in(jax_key(seed), 0),
+                       _take(feats, np.arange(1)))["params"]
   bs = min(config.batch_size, train.size)
-  steps = max(1, train.size // bs)
+  keep = np.zeros((1, n), bool)
+  keep[0, train] = True
+  recipe = TrainConfig(optimizer="adam", learning_rate=config.learning_rate,
+                       epochs=config.epochs, batch_size=bs)
+  eval_loss = _compiled_eval_loss(module)
   val_idx = jnp.asarray(val)
-  best = (np.inf, params, -1)
-  history = {"train_loss": [], "val_loss": []}
-  task = progress.add_task("nasr attack model", total=config.epochs) if progress else None
-  for epoch in range(config.epochs):
-    order = rng.permutation(train)
-    losses = []
-    for s in range(steps):  # the features are arguments, never compile-time constants
-      key, dkey = jax.random.split(key)
-      b = jnp.asarray(order[s * bs:(s + 1) * bs])
-      params, opt, value = step(params, opt, feats, y, weight, b, dkey)
-      losses.append(value)
-    vl = float(eval_loss(params, feats, y, val_idx))
-    history["train_loss"].append(float(np.mean(jax.device_get(losses))))
-    history["val_loss"].append(vl)
+  best = [np.inf, params, -1]
+  val_losses = []
+
+  def keep_best(epoch, variables):  # the epoch with the best held-out loss is kept
+    vl = float(eval_loss(variables["params"], feats, y, val_idx))
+    val_losses.append(vl)
     if vl < best[0]:
-      best = (vl, params, epoch)
-    if task is not None:
-      progress.advance(task)
-  if task is not None:
-    progress.remove_task(task)
+      best[:] = [vl, variables["params"], epoch]
+
+  result = train_objective(
+      NetworkObjective(module), (feats, y, weight),
+      ShuffledBatches(keep, bs, [rng], stacked=False, drop_last=True), config=recipe,
+      seeds=[seed], stacked=False, init_variables={"params": params}, progress=progress,
+      description="nasr attack model", on_epoch=keep_best)
+  history = {"train_loss": [float(v) for v in result.losses], "val_loss": val_losses}
   if log is not None:
     log(f"nasr: kept epoch {best[2] + 1}/{config.epochs} (held-out loss {best[0]:.4f})")
   return NasrState(module, best[1], scales, tuple(k[5:] for k in grad_keys), history,
                    best[2]), val
 
 
+class NetworkObjective(NamedTuple):
+  """What the trainer minimizes for the attack network: the member-weighted binary
+  cross-entropy of its logit, averaged over a batch's examples, with dropout (train mode).
+  A batch is ``(features dict, is_member float[B], weight float[B])``."""
+  module: AttackModel
+
+  def loss(self, params, other, batch, weight, key):
+    feats, y, w = batch
+    logits = self.module.apply({"params": params}, feats, train=True, rngs={"dropout": key})
+    per_ex = w * optax.sigmoid_binary_cross_entropy(logits, y)
+    return jnp.sum(per_ex * weight) / jnp.maximum(jnp.sum(weight), 1.0), other
+
+  def describe(self) -> str:
+    return repr(self.module)
+
+
 @functools.lru_cache(maxsize=32)
-def _compiled_training(module: AttackModel, learning_rate: float):
-  """(step, eval_loss), jitted; cached per module and learning rate."""
-  tx = optax.adam(learning_rate)
+def _compiled_eval_loss(module: AttackModel):
+  """Balanced mean BCE on the rows ``idx`` (jitted; cached per module)."""
 
   @jax.jit
-  def step(params, opt, feats, y, w, idx, dkey):
-    batch, y, w = _take(feats, idx), y[idx], w[idx]
-
-    def loss_fn(p):
-      logits = module.apply({"params": p}, batch, train=True, rngs={"dropout": dkey})
-      return jnp.mean(w * optax.sigmoid_binary_cross_entropy(logits, y))
-    value, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, value
-
-  @jax.jit
-  def eval_loss(params, feats, y, idx):  # balanced mean BCE on the rows idx
+  def eval_loss(params, feats, y, idx):
     y = y[idx]
     logits = module.apply({"params": params}, _take(feats, idx))
     bce = optax.sigmoid_binary_cross_entropy(logits, y)
@@ -439,7 +441,7 @@ def _compiled_training(module: AttackModel, learning_rate: float):
     return 0.5 * (jnp.sum(y * bce) / jnp.maximum(pos, 1.0)
                   + jnp.sum((1 - y) * bce) / jnp.maximum(y.size - pos, 1.0))
 
-  return step, eval_loss
+  return eval_loss
 
 
 @functools.lru_cache(maxsize=32)
@@ -569,7 +571,7 @@ def fit_attacker(model: LayeredModel, aux_x, aux_y, *, target_train_size: int,
   ``num_eval`` counts the examples to be scored later in the feature-memory check."""
   from mia_jax.attacks.stolen_memories import partition_attacker_data
   from mia_jax.metrics import calibrate_threshold
-  from mia_jax.train import TrainConfig, train_model
+  from mia_jax.train import train_model
   import os
 
   layers = check_layers(model, config.layers)
