@@ -590,8 +590,18 @@ def train_objective(objective, data, batches, *, config: TrainConfig, seeds: Seq
                         f"got shapes {[np.shape(a) for a in leaves]}")
   if not isinstance(config, TrainConfig):
     raise MiaInputError(f"config: expected a TrainConfig, got {type(config).__name__}")
-  if not seeds or (not stacked and len(seeds) != 1):
-    raise MiaInputError(f"seeds: expected one seed per model, got {len(seeds)}")
+  models = len(seeds) if stacked else 1
+  if isinstance(batches, ShuffledBatches):
+    models = len(batches.members) if batches.stacked == stacked else -1
+  elif isinstance(batches, FullBatch):
+    models = -1 if batches.idx.ndim != (2 if stacked else 1) or \
+        batches.idx.shape != batches.weight.shape else len(batches.idx) if stacked else 1
+  if models < 0:
+    raise MiaInputError("batches: expected " + ("a model axis (stacked)" if stacked else
+                        "one model's batches (not stacked)") + " to match stacked="
+                        f"{stacked}, and indices and weights of one shape")
+  if not seeds or len(seeds) != models:
+    raise MiaInputError(f"seeds: expected one seed per model ({models}), got {len(seeds)}")
   return _fit(objective, data, batches, config, [np_seed(s) for s in seeds], init_variables,
               progress, description, stacked, checkpoint_dir, checkpoint_every, on_epoch)
 

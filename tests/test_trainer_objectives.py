@@ -159,6 +159,15 @@ def test_full_batch_refuses_what_it_cannot_do():
     train_objective(WeightedDictLogistic(), (feats, y[:5], w),
                     FullBatch(np.arange(10), np.ones(10)), config=config, seeds=[0],
                     stacked=False, init_variables={"params": params})
+  with pytest.raises(MiaInputError, match="batches: expected a model axis"):
+    train_objective(WeightedDictLogistic(), (feats, y, w),
+                    FullBatch(np.arange(10), np.ones(10)), config=config, seeds=[0],
+                    stacked=True, init_variables={"params": params})
+  with pytest.raises(MiaInputError, match="seeds: expected one seed per model \\(2\\)"):
+    train_objective(WeightedDictLogistic(), (feats, y, w),
+                    ShuffledBatches(np.ones((2, 10), bool), 4, [np.random.default_rng(0)] * 2),
+                    config=config, seeds=[0], stacked=True,
+                    init_variables={"params": jax.tree.map(lambda a: np.stack([a, a]), params)})
   with pytest.raises(MiaInputError, match="seeds: expected one seed per model"):
     train_objective(WeightedDictLogistic(), (feats, y, w),
                     FullBatch(np.arange(10), np.ones(10)), config=config, seeds=[0, 1],
