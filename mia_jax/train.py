@@ -185,11 +185,15 @@ class ShuffledBatches:
 class FullBatch:
   """Full-batch training: every epoch is one step on the same batch, ``idx`` int[M, B]
   (or [B]) with ``weight`` float[M, B] (1 real, 0 padding), in the given order (no
-  shuffling). :func:`train_objective` runs all its epochs in one compiled loop."""
+  shuffling). :func:`train_objective` runs all its epochs in one compiled loop.
+  ``record_losses=False``: only the last epoch's loss is computed (the others are NaN in
+  the result), the earlier steps take the gradient alone; a loss that is not finite at
+  the end still stops with :class:`TrainingDivergedError`."""
 
-  def __init__(self, idx, weight):
+  def __init__(self, idx, weight, *, record_losses: bool = True):
     self.idx = np.asarray(idx, np.int32)
     self.weight = np.asarray(weight, np.float32)
+    self.record_losses = bool(record_losses)
 
   @classmethod
   def from_keep(cls, keep: np.ndarray) -> "FullBatch":
@@ -290,13 +294,16 @@ def _compiled_epoch(objective, config: TrainConfig, stacked: bool,
       return tuple(state), loss
     return run, tx
 
-  step_jit = jax.jit(jax.vmap(step, in_axes=_AXES) if stacked else step, **shardings)
+  def step_at(params, other, opt_state, key, data, idx, w, t):  # the epoch's step t
+    return step(params, other, opt_state, key, data, idx[t], w[t], t)
+
+  step_jit = jax.jit(jax.vmap(step_at, in_axes=_AXES) if stacked else step_at, **shardings)
 
   def run(state, key, data, batches):
     idx, w = batches
     losses, counts = [], []
-    for t in range(idx.shape[-2]):
-      *state, loss, count = step_jit(*state, key, data, idx[..., t, :], w[..., t, :], t)
+    for t in range(idx.shape[-2]):  # the whole epoch's batches go in; the step takes row t
+      *state, loss, count = step_jit(*state, key, data, idx, w, t)
       losses.append(loss)
       counts.append(count)
     losses, counts = jnp.stack(losses, -1), jnp.stack(counts, -1)
@@ -306,25 +313,36 @@ def _compiled_epoch(objective, config: TrainConfig, stacked: bool,
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_full_batch(objective, config: TrainConfig, stacked: bool, buffer: int):
+def _compiled_full_batch(objective, config: TrainConfig, stacked: bool, buffer: int,
+                         record: bool = True):
   """All epochs of full-batch training in one compiled ``lax.fori_loop`` (a traced trip
   count: changing ``epochs`` within ``buffer`` does not recompile). Epoch e is the step
   the host loop would take with epoch key ``fold_in(key, e + 1)`` and step 0, so it equals
   :class:`FullBatch` through the host loop. Returns ``(run, tx)``; ``run(params, other,
   opt_state, key, data, idx, w, epochs) -> (params, other, opt_state, losses[buffer])``.
-  Every model's batch has a real example (checked by the caller), so no step is skipped."""
-  step, tx = _make_step_fn(objective, config, skip_empty=False, gathered=True)
+  Every model's batch has a real example (checked by the caller), so no step is skipped.
+  Without ``record`` the first ``epochs - 1`` steps take the gradient alone."""
+  kw = dict(skip_empty=False, gathered=True)
+  step, tx = _make_step_fn(objective, config, **kw)
+  step_g = step if record else _make_step_fn(objective, config, value=False, **kw)[0]
 
   def whole(params, other, opt_state, key, data, idx, w, epochs):
     batch = jax.tree.map(lambda a: a[idx], data)  # the same batch every epoch: gathered once
 
     def body(e, carry):
       params, other, opt_state, losses = carry
-      params, other, opt_state, loss, _ = step(params, other, opt_state,
-                                               jax.random.fold_in(key, e + 1), batch, w, 0)
+      params, other, opt_state, loss, _ = step_g(params, other, opt_state,
+                                                 jax.random.fold_in(key, e + 1), batch, w, 0)
       return params, other, opt_state, losses.at[e].set(loss)
-    return jax.lax.fori_loop(0, epochs, body,
-                             (params, other, opt_state, jnp.zeros(buffer, jnp.float32)))
+
+    losses = jnp.full(buffer, jnp.nan, jnp.float32)
+    if record:
+      return jax.lax.fori_loop(0, epochs, body, (params, other, opt_state, losses))
+    params, other, opt_state, losses = jax.lax.fori_loop(0, epochs - 1, body,
+                                                         (params, other, opt_state, losses))
+    params, other, opt_state, loss, _ = step(params, other, opt_state,
+                                             jax.random.fold_in(key, epochs), batch, w, 0)
+    return params, other, opt_state, losses.at[epochs - 1].set(loss)
 
   return jax.jit(jax.vmap(whole, in_axes=_AXES) if stacked else whole), tx
 
@@ -334,18 +352,25 @@ def _compiled_init(objective, stacked: bool):
   return jax.jit(jax.vmap(objective.init) if stacked else objective.init)
 
 
-def _make_step_fn(objective, config: TrainConfig, skip_empty: bool = True, gathered: bool = False):
+def _make_step_fn(objective, config: TrainConfig, skip_empty: bool = True,
+                  gathered: bool = False, value: bool = True):
   """One optimizer step of one model on the batch ``data[idx_b]`` (every leaf of the data
   pytree indexed) with weights ``wb``: (params, other, opt_state, key, data, idx_b, wb, t)
   -> (params, other, opt_state, loss, number of real examples). ``gathered``: the step
   takes the batch itself in place of (data, idx_b). ``skip_empty``: a step without real
-  examples leaves the model as it was (needless when every batch has one)."""
+  examples leaves the model as it was (needless when every batch has one). ``value``:
+  also return the loss (else NaN: the gradient alone is cheaper when the loss's own
+  transcendental functions would dominate, as for small classifiers)."""
   tx = config.optimizer_fn()
 
   def step_on(params, other, opt_state, key, batch, wb, t):
     # Weight decay: its gradient is in TrainConfig.optimizer_fn.
-    (loss, new_other), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        params, other, batch, wb, jax.random.fold_in(key, t))
+    args = (params, other, batch, wb, jax.random.fold_in(key, t))
+    if value:
+      (loss, new_other), grads = jax.value_and_grad(objective.loss, has_aux=True)(*args)
+    else:
+      grads, new_other = jax.grad(objective.loss, has_aux=True)(*args)
+      loss = jnp.full((), jnp.nan, jnp.float32)
     if config.weight_decay > 0:  # the reported loss is the penalized objective
       l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
       loss = loss + 0.5 * config.weight_decay * l2
@@ -651,14 +676,17 @@ def _fit_full_batch(objective, data, batches, config, keys, params, other, progr
   if empty.size:
     raise MiaInputError(f"batches: model(s) {empty[:5].tolist()} have no training examples")
   buffer = 1 << max(0, config.epochs - 1).bit_length()  # nearby epoch counts share a compile
-  fn, tx = _compiled_full_batch(objective, program_key(config), stacked, buffer)
+  fn, tx = _compiled_full_batch(objective, program_key(config), stacked, buffer,
+                                batches.record_losses)
   opt_state = jax.vmap(tx.init)(params) if stacked else tx.init(params)
   idx, w = (jnp.asarray(a) for a in (batches.idx, batches.weight))
   advance, close = progress_bar(progress, 1, description)
   params, other, _, losses = fn(params, other, opt_state, keys if stacked else keys[0], data,
                                 idx, w, config.epochs)
   losses = np.asarray(losses, np.float32).reshape(-1, buffer)[:, :config.epochs]
-  diverged = ~np.all(np.isfinite(losses), axis=0)
+  checked = losses if batches.record_losses else losses[:, -1:]
+  diverged = np.r_[np.zeros(config.epochs - checked.shape[1], bool),
+                   ~np.all(np.isfinite(checked), axis=0)]
   if diverged.any():  # the first diverged epoch, as the host loop reports it
     e = int(np.argmax(diverged))
     check_converging(losses[:, e], description, e + 1, config)

@@ -130,6 +130,15 @@ def test_full_batch_compiled_loop_equals_the_host_loop():
     np.testing.assert_allclose(compiled.variables["params"][k], host.variables["params"][k],
                                **TOL)
   np.testing.assert_allclose(compiled.losses, host.losses, **TOL)
+  # Without recording the losses (the gradient alone until the last step): the same fit,
+  # the last epoch's loss only.
+  quiet = train_objective(WeightedDictLogistic(), (feats, y, w),
+                          FullBatch(full.idx, full.weight, record_losses=False), **kw)
+  for k in params:
+    np.testing.assert_allclose(quiet.variables["params"][k], compiled.variables["params"][k],
+                               **TOL)
+  assert np.all(np.isnan(quiet.losses[:, :-1]))
+  np.testing.assert_allclose(quiet.losses[:, -1], compiled.losses[:, -1], **TOL)
   # Changing only the number of epochs (within the loss buffer) reuses the compiled loop.
   misses = trainer._compiled_full_batch.cache_info().misses
   train_objective(WeightedDictLogistic(), (feats, y, w), full,
@@ -154,6 +163,10 @@ def test_full_batch_refuses_what_it_cannot_do():
   bad = {**feats, "b": np.where(np.arange(10)[:, None] == 4, np.nan, feats["b"])}
   with pytest.raises(trainer.TrainingDivergedError, match="NaN/inf in epoch 1 of 2"):
     train_objective(WeightedDictLogistic(), (bad, y, w), FullBatch(np.arange(10), np.ones(10)),
+                    config=config, seeds=[0], stacked=False, init_variables={"params": params})
+  with pytest.raises(trainer.TrainingDivergedError, match="NaN/inf in epoch 2 of 2"):
+    train_objective(WeightedDictLogistic(), (bad, y, w),
+                    FullBatch(np.arange(10), np.ones(10), record_losses=False),
                     config=config, seeds=[0], stacked=False, init_variables={"params": params})
   with pytest.raises(MiaInputError, match="data: expected a pytree of arrays sharing"):
     train_objective(WeightedDictLogistic(), (feats, y[:5], w),

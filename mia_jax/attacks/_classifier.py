@@ -150,7 +150,8 @@ def _fit(x, y, mask, init, *, kind, balance, steps, learning_rate, l2, seed, gro
   config = TrainConfig(optimizer="adam", learning_rate=learning_rate, epochs=steps,
                        batch_size=rows)
   result = train_objective(ClassifierObjective(kind, float(l2)), data,
-                           FullBatch(idx, mask.astype(np.float32)), config=config,
+                           FullBatch(idx, mask.astype(np.float32), record_losses=False),
+                           config=config,
                            seeds=seeds, stacked=grouped,
                            init_variables={"params": init, "stats": stats},
                            description="attack classifier")
