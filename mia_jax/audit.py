@@ -590,16 +590,13 @@ def _stacked_models(rd, name, model, x, y, keep, tcfg, seed, progress, descripti
       else:
         log(f"resuming: the saved {description} were trained on other data; training them again")
   start = 0 if reused is None else m_old
-  if dp is None:
-    new = train_models(model, x, y, keep[start:], config=tcfg, seed=seed, progress=progress,
-                       description=description, checkpoint_dir=checkpoint_dir,
-                       first_model=start).variables
-  else:
-    from mia_jax.dp import train_models_dp
+  if dp is not None:
+    from mia_jax.dp import DPSGD
     log(f"{description}: training models {start + 1}..{m} with DP-SGD, stacked")
-    new = train_models_dp(model, x, y, keep[start:], config=tcfg, seed=seed,
-                          first_model=start, checkpoint_dir=checkpoint_dir, progress=progress,
-                          description=f"{description} (DP-SGD)", **dp).variables
+    dp, description = DPSGD(**dp), f"{description} (DP-SGD)"
+  new = train_models(model, x, y, keep[start:], config=tcfg, seed=seed, progress=progress,
+                     description=description, checkpoint_dir=checkpoint_dir,
+                     first_model=start, dp=dp).variables
   variables = new if reused is None else jax.tree.map(
       lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), reused, new)
   write_npz_atomic(rd.file(f"{name}_keep.npz"), keep=keep)
@@ -1136,12 +1133,12 @@ def _run_audit(config: AuditConfig, rd, setup: Setup, canary_rows: np.ndarray | 
   work = rd.file("checkpoints")  # training checkpoints, removed when the run is done
 
   def train_dp(xs, ys, indices, seed, checkpoint_dir=None, gradient_canaries=None):
-    from mia_jax.dp import train_model_dp
-    return train_model_dp(model, xs, ys, config=tcfg, noise_multiplier=dp_info["noise_multiplier"],
-                          clip_norm=config.clip_norm, seed=seed, indices=indices,
-                          checkpoint_dir=checkpoint_dir, progress=progress,
-                          description="DP-SGD training",
-                          gradient_canaries=gradient_canaries).variables
+    from mia_jax.dp import DPSGD
+    dp = DPSGD(noise_multiplier=dp_info["noise_multiplier"], clip_norm=config.clip_norm,
+               gradient_canaries=gradient_canaries)
+    return train_model(model, xs, ys, config=tcfg, seed=seed, indices=indices,
+                       checkpoint_dir=checkpoint_dir, progress=progress,
+                       description="DP-SGD training", dp=dp).variables
 
   train_one = train_dp if dp_info is not None else None
   members = split.target_in

@@ -67,7 +67,7 @@ from mia_jax.models.adapters import check_model
 SAMPLINGS = ("poisson", "shuffle")
 
 __all__ = [
-    "SAMPLINGS", "clip_and_sum", "clipped_grad_sum", "epsilon_for", "membership_advantage_bounds",
+    "DPSGD", "SAMPLINGS", "clip_and_sum", "clipped_grad_sum", "epsilon_for", "membership_advantage_bounds",
     "noise_for_epsilon", "sampling_rate", "steps_per_epoch", "tight_accuracy_bound",
     "tight_advantage_bound", "tpr_bound", "train_model_dp", "train_models_dp", "training_epsilon",
     "yeom_accuracy_bound", "yeom_advantage_bound",
@@ -221,6 +221,39 @@ def _compiled_dp_epoch(model: LayeredModel, config: TrainConfig, microbatch_size
   if stacked:
     epoch = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, 0, 0, 0, None, None, None, 0))
   return jax.jit(epoch), tx
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSGD:
+  """DP-SGD as an option of the trainer: ``train_model(..., dp=DPSGD(noise_multiplier=1.1,
+  clip_norm=1.0))`` and ``train_models(..., dp=...)`` train exactly as
+  :func:`train_model_dp` / :func:`train_models_dp` with these arguments (same batches,
+  noise, keys, checkpoints and resume).
+
+  Attributes:
+    noise_multiplier: sigma >= 0 (0: clipping only, no privacy).
+    clip_norm: C > 0, the per-example L2 clipping norm over all parameters.
+    sampling: "poisson" (what the accountant assumes) or "shuffle".
+    microbatch_size: optional chunk of the per-example gradients (bounds memory).
+    gradient_canaries: optional ``(coords, included)`` Dirac gradient canaries
+      (:mod:`mia_jax.canaries`): ``included`` bool[P] for one model, [M, P] for M.
+  """
+  noise_multiplier: float
+  clip_norm: float
+  sampling: str = "poisson"
+  microbatch_size: int | None = None
+  gradient_canaries: Any = None
+
+  def __post_init__(self):
+    _check_dp_args(self.noise_multiplier, self.clip_norm)
+    if self.sampling not in SAMPLINGS:
+      raise MiaInputError(f"sampling: expected one of {SAMPLINGS}, got {self.sampling!r}")
+    if self.microbatch_size is not None:
+      check_positive_int(self.microbatch_size, "microbatch_size")
+
+  def options(self) -> dict[str, Any]:
+    """The keyword arguments of :func:`train_model_dp` / :func:`train_models_dp`."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _check_dp_args(noise_multiplier, clip_norm):

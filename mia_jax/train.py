@@ -414,7 +414,7 @@ def _check_not_empty(x: np.ndarray) -> None:
 def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(),
                 seed: Seed = 0, indices=None, init_variables: Variables | None = None,
                 progress=None, description: str = "training", checkpoint_dir=None,
-                checkpoint_every: int = 1, on_epoch=None) -> TrainResult:
+                checkpoint_every: int = 1, on_epoch=None, dp=None) -> TrainResult:
   """Trains one model.
 
   Args:
@@ -436,10 +436,18 @@ def train_model(model: LayeredModel, x, y, *, config: TrainConfig = TrainConfig(
     checkpoint_every: epochs between checkpoints.
     on_epoch: optional callback ``on_epoch(epoch, variables)`` after each epoch (e.g. to
       save one checkpoint per epoch for a many-checkpoints attack).
+    dp: optional :class:`mia_jax.dp.DPSGD`: train with DP-SGD (clipped per-example
+      gradients, Gaussian noise, Poisson batches; :func:`mia_jax.dp.train_model_dp`).
 
   Returns:
     TrainResult(variables, losses[epochs]).
   """
+  if dp is not None:
+    from mia_jax.dp import train_model_dp
+    return train_model_dp(model, x, y, config=config, seed=seed, indices=indices,
+                          checkpoint_dir=checkpoint_dir, progress=progress,
+                          description=description,
+                          **_dp_options(dp, init_variables, on_epoch, checkpoint_every))
   seed = check_seed(seed)
   x, y = check_model(model).check_inputs(x, y)
   _check_not_empty(x)
@@ -454,7 +462,8 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
                  seed: int = 0, init_variables: Variables | None = None, progress=None,
                  description: str = "training models", checkpoint_dir=None,
                  checkpoint_every: int = 1, on_epoch=None,
-                 mesh: jax.sharding.Mesh | None = None, first_model: int = 0) -> TrainResult:
+                 mesh: jax.sharding.Mesh | None = None, first_model: int = 0,
+                 dp=None) -> TrainResult:
   """Trains M models at once, model m on the rows where ``keep[m]`` is True.
 
   Args:
@@ -472,11 +481,19 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
       the result equals training without a mesh (see docs/multi_device.md).
     first_model: the index of the first of these models in a larger pool, so that a pool
       grown later trains its new models exactly as a bigger run would have trained them.
+    dp: optional :class:`mia_jax.dp.DPSGD`: every model trains with DP-SGD, stacked
+      (:func:`mia_jax.dp.train_models_dp`: each exactly as it trains alone).
 
   Returns:
     TrainResult with stacked variables (every leaf has leading axis M; sharded over
     ``mesh`` when given) and losses[M, epochs].
   """
+  if dp is not None:
+    from mia_jax.dp import train_models_dp
+    return train_models_dp(model, x, y, keep, config=config, seed=seed,
+                           first_model=first_model, checkpoint_dir=checkpoint_dir,
+                           progress=progress, description=description,
+                           **_dp_options(dp, init_variables, on_epoch, checkpoint_every, mesh))
   seed = check_seed(seed, allow_tuple=False)
   x, y = check_model(model).check_inputs(x, y)
   _check_not_empty(x)
@@ -497,6 +514,22 @@ def train_models(model: LayeredModel, x, y, keep, *, config: TrainConfig = Train
   seeds = [(int(seed), first_model + m) for m in range(keep.shape[0])]
   return _train(model, x, y, keep, config, seeds, init_variables, progress, description,
                 True, checkpoint_dir, checkpoint_every, on_epoch, mesh)
+
+
+def _dp_options(dp, init_variables, on_epoch, checkpoint_every, mesh=None) -> dict:
+  """The DP trainer's keyword arguments from a :class:`mia_jax.dp.DPSGD`; what DP-SGD
+  training does not take is refused by name."""
+  from mia_jax.dp import DPSGD
+  if not isinstance(dp, DPSGD):
+    raise MiaInputError(f"dp: expected a mia_jax.dp.DPSGD, got {type(dp).__name__}")
+  unsupported = [name for name, v in (("init_variables", init_variables),
+                                      ("on_epoch", on_epoch), ("mesh", mesh)) if v is not None]
+  if checkpoint_every != 1:
+    unsupported.append("checkpoint_every")
+  if unsupported:
+    raise MiaInputError(f"dp: DP-SGD training does not take {unsupported} (it starts from "
+                        "the seed's initialization and checkpoints every epoch)")
+  return dp.options()
 
 
 def _epoch_checkpoints(checkpoint_dir) -> list[tuple[int, str]]:

@@ -404,3 +404,40 @@ def test_stacked_dp_training_of_a_users_linen_model_equals_one_at_a_time():
     # vmapped program only
     np.testing.assert_allclose(_flat(jax.tree.map(lambda a, m=m: a[m], stacked.variables)),
                                _flat(alone.variables), rtol=1e-5, atol=1e-6)
+
+
+def test_dp_sgd_is_an_option_of_the_trainer():
+  """train_model / train_models with dp=DPSGD(...) are the DP trainers with those
+  arguments: the same program on the same inputs, so bit-identical; what DP-SGD training
+  does not take is refused by name before any compute."""
+  from mia_jax.dp import DPSGD
+  from mia_jax.train import train_model, train_models
+  model = _model()
+  x, y = _data(40)
+  keep = np.zeros((2, 40), bool)
+  keep[0, :25], keep[1, 10:] = True, True
+  cfg = TrainConfig(optimizer="adam", learning_rate=0.01, epochs=2, batch_size=8)
+  option = DPSGD(noise_multiplier=0.7, clip_norm=0.5, gradient_canaries=(
+      np.array([0, 5]), np.array([[True, False], [False, True]])))
+  want = dp.train_models_dp(model, x, y, keep, config=cfg, seed=3, noise_multiplier=0.7,
+                            clip_norm=0.5, gradient_canaries=option.gradient_canaries)
+  got = train_models(model, x, y, keep, config=cfg, seed=3, dp=option)
+  np.testing.assert_array_equal(_flat(got.variables), _flat(want.variables))
+  np.testing.assert_array_equal(got.losses, want.losses)
+  one = DPSGD(noise_multiplier=1.0, clip_norm=1.0, sampling="shuffle", microbatch_size=4)
+  want = dp.train_model_dp(model, x, y, config=cfg, seed=(3, 1), indices=np.arange(30),
+                           noise_multiplier=1.0, clip_norm=1.0, sampling="shuffle",
+                           microbatch_size=4)
+  got = train_model(model, x, y, config=cfg, seed=(3, 1), indices=np.arange(30), dp=one)
+  np.testing.assert_array_equal(_flat(got.variables), _flat(want.variables))
+  with pytest.raises(MiaInputError, match=r"dp: DP-SGD training does not take \['on_epoch'\]"):
+    train_model(model, x, y, config=cfg, dp=one, on_epoch=lambda e, v: None)
+  with pytest.raises(MiaInputError, match=r"does not take \['init_variables', 'checkpoint_every'\]"):
+    train_models(model, x, y, keep, config=cfg, dp=one, init_variables={},
+                 checkpoint_every=2)
+  with pytest.raises(MiaInputError, match="dp: expected a mia_jax.dp.DPSGD, got dict"):
+    train_models(model, x, y, keep, config=cfg, dp={"noise_multiplier": 1.0})
+  with pytest.raises(MiaInputError, match="sampling: expected one of"):
+    DPSGD(noise_multiplier=1.0, clip_norm=1.0, sampling="uniform")
+  with pytest.raises(MiaInputError, match="clip_norm"):
+    DPSGD(noise_multiplier=1.0, clip_norm=0.0)
