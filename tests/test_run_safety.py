@@ -507,3 +507,36 @@ def test_kill_and_ctrl_c_at_random_points_then_rerun_gives_identical_results(tmp
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   assert (run / "report.html").exists() and not (run / LOCK).exists()
+
+
+def test_ctrl_c_while_the_console_script_imports_exits_cleanly(tmp_path):
+  """Ctrl-C while `mia-jax` is still importing JAX (before the CLI exists): one line and
+  exit code 130, no KeyboardInterrupt traceback from inside an import, nothing written.
+  The signal is sent as soon as JAX's compiled extension is mapped into the process
+  (/proc/PID/maps), i.e. in the middle of `import jax`."""
+  import signal
+  import time
+  script = os.path.join(os.path.dirname(sys.executable), "mia-jax")
+  if not os.path.exists(script) or not os.path.isdir("/proc/self"):
+    pytest.skip("needs the installed mia-jax console script and /proc")
+  out = tmp_path / "run"
+  proc = subprocess.Popen([script, "audit", "--quiet", "--out", str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+  def importing_jax():
+    try:
+      with open(f"/proc/{proc.pid}/maps") as f:
+        return any("jaxlib" in line for line in f)
+    except OSError:
+      return False
+
+  deadline = time.monotonic() + 120
+  while not importing_jax() and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.002)
+  assert proc.poll() is None, "the process ended before it imported JAX"
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert "interrupted; rerun the same command to resume" in err, err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert not out.exists()
