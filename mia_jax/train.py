@@ -294,10 +294,12 @@ def _compiled_epoch(objective, config: TrainConfig, stacked: bool,
       return tuple(state), loss
     return run, tx
 
-  def step_at(params, other, opt_state, key, data, idx, w, t):  # the epoch's step t
-    return step(params, other, opt_state, key, data, idx[t], w[t], t)
+  one_step = step
 
-  step_jit = jax.jit(jax.vmap(step_at, in_axes=_AXES) if stacked else step_at, **shardings)
+  def step(params, other, opt_state, key, data, idx, w, t):  # the epoch's step t
+    return one_step(params, other, opt_state, key, data, idx[t], w[t], t)
+
+  step_jit = jax.jit(jax.vmap(step, in_axes=_AXES) if stacked else step, **shardings)
 
   def run(state, key, data, batches):
     idx, w = batches
