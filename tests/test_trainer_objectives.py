@@ -242,7 +242,7 @@ def test_every_attack_classifier_trains_with_the_single_trainer(monkeypatch):
     seen.append(type(objective).__name__)
     return real(objective, *a, **kw)
 
-  monkeypatch.setattr(trainer, "train_objective", spy)
+  monkeypatch.setattr(_classifier, "train_objective", spy)
   monkeypatch.setattr(nasr, "train_objective", spy)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(40, 3)).astype(np.float32)

@@ -41,6 +41,7 @@ import optax
 
 from mia_jax._validation import (MiaInputError, as_array, check_finite, check_in_range,
                                  check_membership, check_positive_int)
+from mia_jax.train import FullBatch, TrainConfig, train_objective
 
 KINDS = ("logistic", "mlp")
 ROW_BUCKET = 128  # rows are zero-padded (with zero weight) to a multiple of this
@@ -138,7 +139,6 @@ def _fit(x, y, mask, init, *, kind, balance, steps, learning_rate, l2, seed, gro
   """Fits one classifier (x float[M, D]) or G (x float[G, M, D]) from ``init`` with
   full-batch Adam: the single trainer (:func:`mia_jax.train.train_objective`) with a
   :class:`~mia_jax.train.FullBatch`, so all ``steps`` epochs are one compiled loop."""
-  from mia_jax.train import FullBatch, TrainConfig, train_objective
   row_w, labels, stats = _compiled_prepare(balance, grouped)(x, y, mask)
   rows = x.shape[-2]
   if grouped:  # one data table; group g's batch is its own rows
@@ -151,8 +151,7 @@ def _fit(x, y, mask, init, *, kind, balance, steps, learning_rate, l2, seed, gro
                        batch_size=rows)
   result = train_objective(ClassifierObjective(kind, float(l2)), data,
                            FullBatch(idx, mask.astype(np.float32), record_losses=False),
-                           config=config,
-                           seeds=seeds, stacked=grouped,
+                           config=config, seeds=seeds, stacked=grouped,
                            init_variables={"params": init, "stats": stats},
                            description="attack classifier")
   return {**result.variables["params"], **result.variables["stats"]}
