@@ -678,6 +678,13 @@ def _fit(objective, data, batches, config, seeds, init_variables, progress, desc
     variables = init_variables
   params = variables["params"]
   other = {c: t for c, t in variables.items() if c != "params"}
+  fingerprint = None
+  if checkpoint_dir is not None:  # hashed as given (host arrays: no copy back from the device)
+    from mia_jax._io import hash_arrays
+    fingerprint = {"config": dataclasses.asdict(config),
+                   "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
+                   "keep": batches.fingerprint(), "data": hash_arrays(*jax.tree.leaves(data)),
+                   "model": objective.describe()}
   data = jax.tree.map(jnp.asarray, data)
   if isinstance(batches, FullBatch):
     if checkpoint_dir is not None or on_epoch is not None or mesh is not None:
@@ -687,13 +694,6 @@ def _fit(objective, data, batches, config, seeds, init_variables, progress, desc
                            description, stacked)
   run, tx = _compiled_epoch(objective, program_key(config), stacked, mesh)
   opt_state = jax.vmap(tx.init)(params) if stacked else tx.init(params)
-  fingerprint = None
-  if checkpoint_dir is not None:
-    from mia_jax._io import hash_arrays
-    fingerprint = {"config": dataclasses.asdict(config),
-                   "seeds": [list(np.atleast_1d(s).tolist()) for s in seeds],
-                   "keep": batches.fingerprint(), "data": hash_arrays(*jax.tree.leaves(data)),
-                   "model": objective.describe()}
   state, losses = run_epochs(
       run, (params, other, opt_state), batches, keys, data, config=config, stacked=stacked,
       description=description, progress=progress, checkpoint_dir=checkpoint_dir,
