@@ -441,3 +441,32 @@ def test_dp_sgd_is_an_option_of_the_trainer():
     DPSGD(noise_multiplier=1.0, clip_norm=1.0, sampling="uniform")
   with pytest.raises(MiaInputError, match="clip_norm"):
     DPSGD(noise_multiplier=1.0, clip_norm=0.0)
+
+
+def test_dp_option_on_a_users_linen_model():
+  """The dp= option on a model written as users write them (plain flax.linen, wrapped by
+  from_linen): stacked DP-SGD through train_models equals each model trained alone with
+  train_model(dp=...) and its seed (float32 of a vmapped vs a single program: the DP
+  stacking test's tolerance)."""
+  import flax.linen as nn
+  from mia_jax.dp import DPSGD
+  from mia_jax.models import from_linen
+  from mia_jax.train import train_model, train_models
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+  model = from_linen(MLP(), input_shape=(D,), num_classes=3)
+  x, y = _data(40)
+  keep = np.zeros((2, 40), bool)
+  keep[0, :25], keep[1, 12:] = True, True
+  cfg = TrainConfig(optimizer="adam", learning_rate=0.01, epochs=2, batch_size=8)
+  option = DPSGD(noise_multiplier=0.8, clip_norm=0.5)
+  stacked = train_models(model, x, y, keep, config=cfg, seed=5, dp=option)
+  for m in range(2):
+    alone = train_model(model, x, y, config=cfg, seed=(5, m), indices=np.flatnonzero(keep[m]),
+                        dp=option)
+    np.testing.assert_allclose(_flat(jax.tree.map(lambda a: a[m], stacked.variables)),
+                               _flat(alone.variables), rtol=1e-5, atol=1e-6)
